@@ -1,0 +1,3 @@
+from .resnet import BasicBlock, Bottleneck, ResNet
+
+__all__ = ['BasicBlock', 'Bottleneck', 'ResNet']

@@ -1,0 +1,276 @@
+"""ResNet backbone (torchvision parameter names) with frozen stages, norm_eval and plugins."""
+import logging
+import os
+
+import torch
+import torch.utils.checkpoint as cp
+from torch import nn
+
+from cascade_seg.registry import MODELS
+
+from ..layers import build_norm_layer, build_plugin
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
+
+
+def conv3x3(in_planes, out_planes, stride=1, dilation=1):
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=dilation,
+                     dilation=dilation, bias=False)
+
+
+def conv1x1(in_planes, out_planes, stride=1):
+    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+
+class _Block(nn.Module):
+    """Shared plugin and checkpointing plumbing of BasicBlock and Bottleneck.
+
+    A plugin is stored under its ``_abbr_`` plus optional ``postfix`` as MMDetection does
+    (e.g. ``layer2.0.context_block``), so MMDetection GCNet checkpoints load unchanged.
+    """
+
+    def _make_plugins(self, plugins, channels_at):
+        self.plugin_names = {pos: [] for pos in PLUGIN_POSITIONS}
+        for plugin in plugins or []:
+            position = plugin['position']
+            if position not in channels_at:
+                raise ValueError(f'{type(self).__name__} has no plugin position {position!r}')
+            cfg = dict(plugin['cfg'])
+            name, layer = build_plugin(cfg, channels_at[position], postfix=cfg.pop('postfix', ''))
+            if hasattr(self, name):
+                raise ValueError(f'duplicate plugin name {name!r}; give one a "postfix"')
+            self.add_module(name, layer)
+            self.plugin_names[position].append(name)
+
+    def _plugins(self, x, position):
+        for name in self.plugin_names[position]:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x):
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(self._residual, x, use_reentrant=False)
+        else:
+            out = self._residual(x)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class BasicBlock(_Block):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None, style='pytorch',
+                 norm_cfg=dict(type='BN'), plugins=None, with_cp=False):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride, dilation)
+        self.bn1 = build_norm_layer(norm_cfg, planes)[1]
+        self.conv2 = conv3x3(planes, planes, 1, dilation)
+        self.bn2 = build_norm_layer(norm_cfg, planes)[1]
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample, self.with_cp = downsample, with_cp
+        self._make_plugins(plugins, {'after_conv1': planes, 'after_conv2': planes})
+
+    def _residual(self, x):
+        out = self._plugins(self.relu(self.bn1(self.conv1(x))), 'after_conv1')
+        return self._plugins(self.bn2(self.conv2(out)), 'after_conv2')
+
+
+class Bottleneck(_Block):
+    """1x1 -> 3x3 -> 1x1. 'pytorch' style strides the 3x3 conv, 'caffe' style the first 1x1."""
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None, style='pytorch',
+                 norm_cfg=dict(type='BN'), plugins=None, with_cp=False):
+        super().__init__()
+        if style not in ('pytorch', 'caffe'):
+            raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
+        stride1, stride2 = (1, stride) if style == 'pytorch' else (stride, 1)
+        self.conv1 = conv1x1(inplanes, planes, stride1)
+        self.bn1 = build_norm_layer(norm_cfg, planes)[1]
+        self.conv2 = conv3x3(planes, planes, stride2, dilation)
+        self.bn2 = build_norm_layer(norm_cfg, planes)[1]
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = build_norm_layer(norm_cfg, planes * self.expansion)[1]
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample, self.with_cp = downsample, with_cp
+        self._make_plugins(plugins, {'after_conv1': planes, 'after_conv2': planes,
+                                     'after_conv3': planes * self.expansion})
+
+    def _residual(self, x):
+        out = self._plugins(self.relu(self.bn1(self.conv1(x))), 'after_conv1')
+        out = self._plugins(self.relu(self.bn2(self.conv2(out))), 'after_conv2')
+        return self._plugins(self.bn3(self.conv3(out)), 'after_conv3')
+
+
+def make_res_layer(block, inplanes, planes, num_blocks, stride=1, dilation=1, style='pytorch',
+                   norm_cfg=dict(type='BN'), plugins=None, with_cp=False):
+    """One stage: ``num_blocks`` blocks, the first one strided and with a projection shortcut."""
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(conv1x1(inplanes, planes * block.expansion, stride),
+                                   build_norm_layer(norm_cfg, planes * block.expansion)[1])
+    kwargs = dict(dilation=dilation, style=style, norm_cfg=norm_cfg, plugins=plugins,
+                  with_cp=with_cp)
+    layers = [block(inplanes, planes, stride, downsample=downsample, **kwargs)]
+    layers += [block(planes * block.expansion, planes, **kwargs) for _ in range(1, num_blocks)]
+    return nn.Sequential(*layers)
+
+
+def stage_plugins(plugins, stage_idx):
+    """The plugin entries (``cfg`` + ``position``) active in stage ``stage_idx``."""
+    out = []
+    for p in plugins or []:
+        stages = p.get('stages')
+        if p['position'] not in PLUGIN_POSITIONS:
+            raise ValueError(f"plugin position must be one of {PLUGIN_POSITIONS}, "
+                             f"got {p['position']!r}")
+        if stages is None or stages[stage_idx]:
+            out.append(dict(cfg=p['cfg'], position=p['position']))
+    return out
+
+
+def load_local_state_dict(path, prefix='backbone.'):
+    """Read a local checkpoint (raw state dict or ``{'state_dict'|'model': ...}``).
+
+    If any key starts with ``prefix``, only those keys are kept, with the prefix removed;
+    a DataParallel ``module.`` prefix is dropped too.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'pretrained checkpoint not found: {path} (no downloads here)')
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    for key in ('state_dict', 'model'):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    state = {k[7:] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+    if prefix and any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+@MODELS.register_module()
+class ResNet(nn.Module):
+    """ResNet returning the outputs of the stages in ``out_indices`` (C2..C5: strides 4..32).
+
+    Args:
+        depth: 18, 34 (BasicBlock), 50, 101, 152 (Bottleneck).
+        frozen_stages: -1 nothing frozen; 0 the stem; i the stem and stages 1..i
+            (eval mode, ``requires_grad=False``).
+        norm_cfg: ``dict(type='BN'|'SyncBN'|'FrozenBN'|'GN', requires_grad=True, ...)``.
+        norm_eval: keep BatchNorm layers in eval mode during training.
+        plugins: ``[dict(cfg=dict(type='ContextBlock', ratio=1/16),
+            stages=(False, True, True, True), position='after_conv3')]``
+            (module names: see :class:`_Block`).
+        zero_init_residual: start the last norm of every block at zero.
+        init_cfg: ``dict(type='Pretrained', checkpoint='/local/file.pth', prefix=None)`` loads a
+            local state dict in :meth:`init_weights`; anything else keeps the default init
+            (Kaiming for convs, ones/zeros for norms).
+        with_cp: gradient checkpointing of each block.
+    """
+
+    arch_settings = {
+        18: (BasicBlock, (2, 2, 2, 2)),
+        34: (BasicBlock, (3, 4, 6, 3)),
+        50: (Bottleneck, (3, 4, 6, 3)),
+        101: (Bottleneck, (3, 4, 23, 3)),
+        152: (Bottleneck, (3, 8, 36, 3)),
+    }
+
+    def __init__(self, depth, in_channels=3, base_channels=64, num_stages=4, strides=(1, 2, 2, 2),
+                 dilations=(1, 1, 1, 1), out_indices=(0, 1, 2, 3), style='pytorch',
+                 frozen_stages=1, norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True,
+                 plugins=None, zero_init_residual=False, with_cp=False, init_cfg=None):
+        super().__init__()
+        if depth not in self.arch_settings:
+            raise KeyError(f'invalid ResNet depth {depth}; use one of {list(self.arch_settings)}')
+        if not 1 <= num_stages <= 4:
+            raise ValueError('num_stages must be in [1, 4]')
+        if len(strides) < num_stages or len(dilations) < num_stages \
+                or max(out_indices) >= num_stages:
+            raise ValueError('strides/dilations/out_indices do not match num_stages')
+        self.depth, self.num_stages = depth, num_stages
+        self.out_indices, self.frozen_stages = tuple(out_indices), frozen_stages
+        self.norm_eval, self.zero_init_residual = norm_eval, zero_init_residual
+        self.init_cfg = init_cfg
+        block, stage_blocks = self.arch_settings[depth]
+        self.block = block
+
+        self.conv1 = nn.Conv2d(in_channels, base_channels, 7, stride=2, padding=3, bias=False)
+        self.bn1 = build_norm_layer(norm_cfg, base_channels)[1]
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        inplanes = base_channels
+        self.res_layers = []
+        for i in range(num_stages):
+            planes = base_channels * 2 ** i
+            layer = make_res_layer(block, inplanes, planes, stage_blocks[i], strides[i],
+                                   dilations[i], style, norm_cfg, stage_plugins(plugins, i),
+                                   with_cp)
+            inplanes = planes * block.expansion
+            self.add_module(f'layer{i + 1}', layer)
+            self.res_layers.append(f'layer{i + 1}')
+        self.out_channels = [base_channels * 2 ** i * block.expansion for i in self.out_indices]
+        self.feat_dim = inplanes
+
+        self._default_init()
+        self._freeze_stages()
+
+    def _default_init(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) and m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # Plugins (e.g. ContextBlock's zero-initialised last conv) define their own init.
+        for m in self.modules():
+            if m is not self and hasattr(m, 'init_weights'):
+                m.init_weights()
+        if self.zero_init_residual:
+            for m in self.modules():
+                last = getattr(m, 'bn3', None) if isinstance(m, Bottleneck) else \
+                    getattr(m, 'bn2', None) if isinstance(m, BasicBlock) else None
+                if last is not None and isinstance(getattr(last, 'weight', None), nn.Parameter):
+                    nn.init.zeros_(last.weight)
+
+    def init_weights(self):
+        """Load ``init_cfg``'s local pretrained checkpoint, if one is configured."""
+        cfg = self.init_cfg
+        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
+            return
+        state = load_local_state_dict(cfg['checkpoint'], cfg.get('prefix') or 'backbone.')
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        unexpected = [k for k in unexpected if not k.startswith('fc.')]
+        if missing or unexpected:
+            logger.warning('ResNet pretrained load from %s: missing keys %s, unexpected keys %s',
+                           cfg['checkpoint'], missing, unexpected)
+        self._freeze_stages()
+
+    def _freeze_stages(self):
+        frozen = [] if self.frozen_stages < 0 else [self.conv1, self.bn1]
+        frozen += [getattr(self, f'layer{i}') for i in range(1, self.frozen_stages + 1)]
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        for i, name in enumerate(self.res_layers):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)

@@ -1,0 +1,116 @@
+"""RoI feature extractor: map each RoI to one pyramid level, pool it with torchvision ops."""
+import math
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+from torchvision.ops import RoIAlign, RoIPool
+
+from cascade_seg.registry import MODELS
+
+
+def map_roi_levels(rois, num_levels, finest_scale=56, mode='mmdet', finest_stride=4):
+    """Pyramid level (0-based) of each RoI ``(K, 5)`` from its scale ``sqrt(w * h)``.
+
+    ``'mmdet'``: ``floor(log2(scale / finest_scale + 1e-6))`` (scale < 2*finest -> level 0,
+    < 4*finest -> 1, ...). ``'torchvision'`` (LevelMapper, FPN paper eq. 1):
+    ``floor(4 + log2(scale / 224) + 1e-6) - log2(finest_stride)``. Both clamped to
+    ``[0, num_levels - 1]``.
+    """
+    wh = (rois[:, 3:5] - rois[:, 1:3]).clamp(min=0)
+    scale = torch.sqrt(wh[:, 0] * wh[:, 1])
+    if mode == 'mmdet':
+        levels = torch.floor(torch.log2(scale / finest_scale + 1e-6))
+    elif mode == 'torchvision':
+        levels = torch.floor(4 + torch.log2(scale / 224) + 1e-6) - math.log2(finest_stride)
+    else:
+        raise ValueError(f"level_mapping must be 'mmdet' or 'torchvision', got {mode!r}")
+    # log2(0) = -inf for degenerate boxes: clamp sends them to the finest level.
+    return levels.clamp(min=0, max=num_levels - 1).long()
+
+
+def rescale_rois(rois, scale_factor):
+    """Scale ``(K, 5)`` RoIs' width and height by ``scale_factor`` about their centres."""
+    cxy = (rois[:, 1:3] + rois[:, 3:5]) * 0.5
+    half = (rois[:, 3:5] - rois[:, 1:3]) * (0.5 * scale_factor)
+    return torch.cat([rois[:, :1], cxy - half, cxy + half], dim=1)
+
+
+@MODELS.register_module()
+class SingleRoIExtractor(nn.Module):
+    """Pool each RoI from the single FPN level its size maps to.
+
+    Args:
+        roi_layer: ``dict(type='RoIAlign', output_size, sampling_ratio=0, aligned=True)`` or
+            ``dict(type='RoIPool', output_size)`` (torchvision ops).
+        out_channels: channels of the input features (and of the output).
+        featmap_strides: stride of each level used; ``num_inputs = len(featmap_strides)``.
+        finest_scale: RoI scale mapped to level 0 (mmdet mapping).
+        level_mapping: ``'mmdet'`` or ``'torchvision'``, see :func:`map_roi_levels`.
+        gc_context: add each image's globally averaged level feature to its RoI features.
+    """
+
+    def __init__(self, roi_layer, out_channels, featmap_strides, finest_scale=56,
+                 level_mapping='mmdet', gc_context=False, init_cfg=None):
+        super().__init__()
+        self.out_channels = out_channels
+        self.featmap_strides = list(featmap_strides)
+        self.finest_scale = finest_scale
+        self.level_mapping = level_mapping
+        self.gc_context = gc_context
+        self.roi_layers = nn.ModuleList(self._build_roi_layer(roi_layer, s)
+                                        for s in self.featmap_strides)
+        self.output_size = _pair(roi_layer['output_size'])
+
+    @staticmethod
+    def _build_roi_layer(cfg, stride):
+        cfg = dict(cfg)
+        layer_type = cfg.pop('type')
+        output_size = _pair(cfg.pop('output_size'))
+        if layer_type == 'RoIAlign':
+            cfg.pop('use_torchvision', None)
+            if cfg.pop('pool_mode', 'avg') != 'avg':
+                raise ValueError('only pool_mode="avg" RoIAlign is supported')
+            return RoIAlign(output_size, spatial_scale=1.0 / stride,
+                            sampling_ratio=cfg.pop('sampling_ratio', 0),
+                            aligned=cfg.pop('aligned', True))
+        if layer_type == 'RoIPool':
+            return RoIPool(output_size, spatial_scale=1.0 / stride)
+        raise KeyError(f"roi_layer type must be 'RoIAlign' or 'RoIPool', got {layer_type!r}")
+
+    @property
+    def num_inputs(self):
+        return len(self.featmap_strides)
+
+    def map_roi_levels(self, rois, num_levels):
+        return map_roi_levels(rois, num_levels, self.finest_scale, self.level_mapping,
+                              self.featmap_strides[0])
+
+    def forward(self, feats, rois, roi_scale_factor=None):
+        """Per-level ``(B, C, H, W)`` feats and ``(K, 5)`` rois -> ``(K, C, *output_size)``."""
+        feats = feats[:self.num_inputs]
+        num_levels = len(feats)
+        ref = feats[0]
+        out = ref.new_zeros((rois.size(0), ref.size(1), *self.output_size))
+        if rois.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
+            rois = rois.to(ref.dtype)  # the ops need matching dtypes; autocast casts both itself
+        if roi_scale_factor is not None:
+            rois = rescale_rois(rois, roi_scale_factor)
+        if num_levels == 1:
+            target_lvls = rois.new_zeros(rois.size(0), dtype=torch.long)
+        else:
+            target_lvls = self.map_roi_levels(rois, num_levels)
+        contexts = [f.mean(dim=(2, 3)) for f in feats] if self.gc_context else None
+        for lvl, feat in enumerate(feats):
+            inds = torch.nonzero(target_lvls == lvl, as_tuple=True)[0]
+            if inds.numel() > 0:
+                level_rois = rois[inds]
+                pooled = self.roi_layers[lvl](feat, level_rois)
+                if contexts is not None:
+                    img_inds = level_rois[:, 0].long()
+                    pooled = pooled + contexts[lvl][img_inds][:, :, None, None]
+                out[inds] = pooled.to(out.dtype)
+            elif self.training:
+                # Keep every level in the autograd graph (DDP without find_unused_parameters).
+                out = out + feat.sum() * 0.
+        return out
