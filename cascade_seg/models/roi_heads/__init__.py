@@ -1,0 +1,11 @@
+"""RoI heads; importing this package registers them in MODELS."""
+from .bbox_heads import (ConvFCBBoxHead, Shared2FCBBoxHead, Shared4Conv1FCBBoxHead, bbox_targets,
+                         postprocess_detections, refine_boxes, regress_by_class)
+from .cascade_roi_head import CascadeRoIHead
+from .mask_heads import FCNMaskHead, HTCMaskHead, MLPMaskHead
+from .roi_extractor import SingleRoIExtractor
+from .semantic_head import FusedSemanticHead
+
+__all__ = ['SingleRoIExtractor', 'ConvFCBBoxHead', 'Shared2FCBBoxHead', 'Shared4Conv1FCBBoxHead',
+           'FCNMaskHead', 'HTCMaskHead', 'MLPMaskHead', 'FusedSemanticHead', 'CascadeRoIHead',
+           'bbox_targets', 'postprocess_detections', 'refine_boxes', 'regress_by_class']
