@@ -15,6 +15,19 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import TASK_UTILS as MMENGINE_TASK_UTILS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
+from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
+from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS
+from mmengine.registry import LOOPS as MMENGINE_LOOPS
+from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
+from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
+from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
+from mmengine.registry import RUNNER_CONSTRUCTORS as MMENGINE_RUNNER_CONSTRUCTORS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
+from mmengine.registry import WEIGHT_INITIALIZERS as MMENGINE_WEIGHT_INITIALIZERS
 from mmengine.registry import Registry
 
 
@@ -52,3 +65,20 @@ METRICS = _child('metric', MMENGINE_METRICS, ['cascade_seg.evaluation'])
 TASK_UTILS = _child('task util', MMENGINE_TASK_UTILS, ['cascade_seg.models.task_utils'])
 HOOKS = _child('hook', MMENGINE_HOOKS, ['cascade_seg.engine'])
 VISUALIZERS = _child('visualizer', MMENGINE_VISUALIZERS, ['cascade_seg.visualization'])
+
+# Children of mmengine's other roots, so that building the Runner's parts under the
+# 'cascade_seg' scope finds mmengine's implementations without scope-fallback warnings.
+RUNNERS = _child('runner', MMENGINE_RUNNERS, [])
+RUNNER_CONSTRUCTORS = _child('runner constructor', MMENGINE_RUNNER_CONSTRUCTORS, [])
+LOOPS = _child('loop', MMENGINE_LOOPS, [])
+OPTIMIZERS = _child('optimizer', MMENGINE_OPTIMIZERS, [])
+OPTIM_WRAPPERS = _child('optim_wrapper', MMENGINE_OPTIM_WRAPPERS, ['cascade_seg.engine'])
+OPTIM_WRAPPER_CONSTRUCTORS = _child('optimizer wrapper constructor',
+                                    MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS, [])
+PARAM_SCHEDULERS = _child('parameter scheduler', MMENGINE_PARAM_SCHEDULERS, [])
+EVALUATOR = _child('evaluator', MMENGINE_EVALUATOR, [])
+MODEL_WRAPPERS = _child('model_wrapper', MMENGINE_MODEL_WRAPPERS, [])
+WEIGHT_INITIALIZERS = _child('weight initializer', MMENGINE_WEIGHT_INITIALIZERS, [])
+VISBACKENDS = _child('vis_backend', MMENGINE_VISBACKENDS, [])
+LOG_PROCESSORS = _child('log_processor', MMENGINE_LOG_PROCESSORS, [])
+FUNCTIONS = _child('function', MMENGINE_FUNCTIONS, [])

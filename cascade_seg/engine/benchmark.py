@@ -1,0 +1,219 @@
+"""Speed / memory / FLOPs of a detector on synthetic input.
+
+Measures what ``shared/mmdet_ref/mmdet_ref.py`` measures for MMDetection, so the two
+can be run side by side: a seeded random uint8 BGR image through the model's data
+preprocessor and ``test_step`` (inference), or ``train_step`` with SGD at lr 0
+(identical work every run) on the same image with a few elliptical GT instances.
+With ``score_thr=0`` even random weights keep ``max_per_img`` detections, so the
+mask branch runs on ~100 boxes.
+"""
+import copy
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+__all__ = ['synthetic_batch', 'set_score_thr', 'build_benchmark_model', 'benchmark']
+
+
+def set_score_thr(model_cfg, thr):
+    """Override ``test_cfg.rcnn.score_thr`` (a dict, or a list with one dict per stage)."""
+    rcnn = (model_cfg.get('test_cfg') or {}).get('rcnn')
+    for item in (rcnn if isinstance(rcnn, (list, tuple)) else [rcnn]):
+        if isinstance(item, dict):
+            item['score_thr'] = thr
+
+
+def _strip_pretrained(node):
+    if isinstance(node, dict):
+        init = node.get('init_cfg')
+        if isinstance(init, dict) and init.get('type') == 'Pretrained':
+            node['init_cfg'] = None  # random init: nothing is read or downloaded
+        for value in node.values():
+            _strip_pretrained(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _strip_pretrained(value)
+
+
+def _head_classes(model, part):
+    """``num_classes`` of the first submodule whose name contains ``part`` (None if absent)."""
+    for name, module in model.named_modules():
+        n = getattr(module, 'num_classes', None)
+        if part in name and isinstance(n, int):
+            return n
+    return None
+
+
+def synthetic_batch(size, seed=0, with_gt=False, num_classes=80, num_boxes=3, sem_classes=None):
+    """One random image (uint8 CHW, as the pipeline packs it) with metainfo, optionally GT.
+
+    GT: ``num_boxes`` boxes of at least ~48 px with an elliptical mask each, random
+    labels, and a random semantic map when ``sem_classes`` is given.
+    """
+    from mmengine.structures import InstanceData, PixelData
+
+    from cascade_seg.structures import DetDataSample
+    h, w = size
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)
+    sample = DetDataSample(metainfo=dict(
+        img_id=0, img_path=None, ori_shape=(h, w), img_shape=(h, w), scale_factor=(1.0, 1.0),
+        flip=False, flip_direction=None, pad_shape=(h, w)))
+    if with_gt:
+        rs = np.random.RandomState(seed + 1)
+        yy, xx = np.mgrid[0:h, 0:w]
+        boxes, masks = [], []
+        for _ in range(num_boxes):
+            bw = rs.uniform(min(48, 0.3 * w), 0.6 * w)
+            bh = rs.uniform(min(48, 0.3 * h), 0.6 * h)
+            x1, y1 = rs.uniform(0, w - bw), rs.uniform(0, h - bh)
+            boxes.append([x1, y1, x1 + bw, y1 + bh])
+            cx, cy = x1 + bw / 2, y1 + bh / 2
+            masks.append(((xx - cx) / (bw / 2)) ** 2 + ((yy - cy) / (bh / 2)) ** 2 <= 1)
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor(np.array(boxes), dtype=torch.float32),
+            labels=torch.from_numpy(rs.randint(0, num_classes, num_boxes)).long(),
+            masks=torch.from_numpy(np.stack(masks)))
+        sample.ignored_instances = InstanceData(
+            bboxes=torch.zeros((0, 4)), labels=torch.zeros((0, ), dtype=torch.long),
+            masks=torch.zeros((0, h, w), dtype=torch.bool))
+        if sem_classes:
+            sem = rs.randint(0, sem_classes, size=(1, h, w))
+            sample.gt_sem_seg = PixelData(sem_seg=torch.from_numpy(sem).long())
+    return dict(inputs=[img], data_samples=[sample])
+
+
+def build_benchmark_model(cfg, checkpoint=None, score_thr=0.0, seed=0):
+    """Model from ``cfg`` (path or Config) with random init or ``checkpoint`` weights."""
+    from mmengine.registry import init_default_scope
+
+    from cascade_seg.engine.runner_utils import load_config
+    from cascade_seg.registry import MODELS
+    cfg = load_config(cfg)
+    init_default_scope(cfg.get('default_scope', 'cascade_seg'))
+    _strip_pretrained(cfg.model)
+    if score_thr is not None:
+        set_score_thr(cfg.model, score_thr)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    if checkpoint:
+        from cascade_seg.engine.checkpoint import load_checkpoint
+        load_checkpoint(model, checkpoint, strict=False)
+    return model, cfg
+
+
+def _maxrss_mb():
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == 'darwin' else rss / 1024  # bytes vs KiB
+
+
+def _sync(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, data, warmup, runs, device):
+    times, out = [], None
+    for i in range(warmup + runs):
+        batch = copy.deepcopy(data)
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn(batch)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def count_flops(model, data):
+    """FLOPs of one inference (``torch.utils.flop_counter``; ops without a formula count 0)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.test_step(copy.deepcopy(data))
+    return int(counter.get_total_flops())
+
+
+def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, device='cpu',
+              warmup=2, runs=5, score_thr=0.0, seed=0, num_boxes=3, flops=True, lr=0.0):
+    """Time ``task`` ('inference' or 'train') of the model in ``cfg``; returns a flat dict.
+
+    ``img_size`` is an int or (h, w). Inference reports s/img and img/s, training
+    s/iter (data preprocessor + forward + backward + SGD step, lr 0 by default so
+    every run does the same work). Peak memory: ``torch.cuda.max_memory_allocated``
+    on GPU; on CPU the growth of the process's peak RSS (``getrusage`` ru_maxrss)
+    during the timed runs, which misses memory already reached earlier in the
+    process, plus the absolute peak RSS.
+    """
+    if task not in ('inference', 'train'):
+        raise ValueError(f"task must be 'inference' or 'train', got {task!r}")
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model, cfg = build_benchmark_model(cfg, checkpoint, score_thr, seed)
+        model = model.to(device)
+        data = synthetic_batch(size, seed, with_gt=task == 'train',
+                               num_classes=_head_classes(model, 'bbox_head') or 1,
+                               num_boxes=num_boxes,
+                               sem_classes=_head_classes(model, 'semantic_head'))
+        result = dict(task=task, config=cfg.filename, device=device,
+                      threads=torch.get_num_threads(),
+                      img_size=list(size), warmup=warmup, runs=runs, score_thr=score_thr,
+                      params=sum(p.numel() for p in model.parameters()),
+                      torch=torch.__version__)
+        if device.startswith('cuda'):
+            torch.cuda.reset_peak_memory_stats()
+        rss_before = _maxrss_mb()
+        if task == 'inference':
+            model.eval()
+            with torch.no_grad():
+                times, out = _timed(model.test_step, data, warmup, runs, device)
+            result['num_dets'] = len(out[0].pred_instances)
+        else:
+            from mmengine.optim import OptimWrapper
+            model.train()
+            optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
+                                                 weight_decay=1e-4))
+            times, log_vars = _timed(lambda d: model.train_step(d, optim), data, warmup, runs,
+                                     device)
+            result['loss'] = float(torch.as_tensor(log_vars['loss']).detach())
+        med = statistics.median(times)
+        result.update(times_s=[round(t, 4) for t in times], median_s=med,
+                      mean_s=statistics.fmean(times))
+        if task == 'inference':
+            result['img_per_s'] = 1.0 / med
+        else:
+            result['s_per_iter'] = med
+        if device.startswith('cuda'):
+            result['peak_mem_mb'] = torch.cuda.max_memory_allocated() / 2**20
+            result['mem_method'] = 'torch.cuda.max_memory_allocated'
+        else:
+            peak = _maxrss_mb()
+            result['peak_mem_mb'] = peak - rss_before
+            result['peak_rss_mb'] = peak
+            result['mem_method'] = 'growth of getrusage ru_maxrss over the timed runs'
+        if flops:
+            result['flops'] = count_flops(model, data)
+            result['gflops'] = round(result['flops'] / 1e9, 3)
+            result['flops_method'] = 'torch.utils.flop_counter.FlopCounterMode, one inference'
+        return result
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def format_result(r):
+    """One human-readable line for a benchmark result."""
+    speed = f'{r["img_per_s"]:.2f} img/s ({r["median_s"]:.3f} s/img, {r.get("num_dets")} dets)' \
+        if r['task'] == 'inference' else f'{r["s_per_iter"]:.3f} s/iter'
+    flops = f', {r["gflops"]:.1f} GFLOPs/img' if 'gflops' in r else ''
+    return (f'{r["task"]}: {speed}, params {r["params"] / 1e6:.2f} M{flops}, '
+            f'peak mem {r["peak_mem_mb"]:.0f} MB [{r["mem_method"]}], '
+            f'{r["img_size"][0]}x{r["img_size"][1]}, {r["device"]}, {r["threads"]} threads')

@@ -1,0 +1,137 @@
+"""Runner hooks: stop on non-finite losses, check num_classes, save drawn predictions."""
+import math
+import os
+import os.path as osp
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from cascade_seg.registry import HOOKS
+
+__all__ = ['non_finite_losses', 'CheckFiniteLossHook', 'num_classes_mismatches',
+           'NumClassesCheckHook', 'SavePredictionImagesHook']
+
+
+def non_finite_losses(log_vars):
+    """Names of the entries of a loss dict that are NaN or Inf."""
+    bad = []
+    for name, value in (log_vars or {}).items():
+        if hasattr(value, 'detach'):
+            finite = bool(value.detach().isfinite().all())
+        else:
+            try:
+                finite = math.isfinite(float(value))
+            except (TypeError, ValueError):
+                continue  # not a number (e.g. a string in custom log_vars)
+        if not finite:
+            bad.append(name)
+    return bad
+
+
+def _as_float(value):
+    if hasattr(value, 'detach'):
+        value = value.detach().float()
+        bad = value[~value.isfinite()]
+        return float(bad.flatten()[0]) if bad.numel() else float(value.flatten()[0])
+    return float(value)
+
+
+@HOOKS.register_module()
+class CheckFiniteLossHook(Hook):
+    """Raise as soon as a training loss is NaN or Inf.
+
+    It runs before the logger and checkpoint hooks of the same iteration, so the
+    last saved checkpoint is still a finite model.
+    """
+    priority = 'VERY_HIGH'
+
+    def __init__(self, interval=1):
+        self.interval = interval
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if not self.every_n_train_iters(runner, self.interval):
+            return
+        bad = non_finite_losses(outputs)
+        if bad:
+            values = ', '.join(f'{k}={_as_float(outputs[k]):g}' for k in bad)
+            raise RuntimeError(
+                f'Non-finite loss at iteration {runner.iter + 1} (epoch {runner.epoch + 1}): '
+                f'{values}. Training stopped; lower the learning rate, enable gradient '
+                'clipping (optim_wrapper.clip_grad) or check the annotations.')
+
+
+def _unwrap(model):
+    return model.module if is_model_wrapper(model) else model
+
+
+def num_classes_mismatches(model, num_classes):
+    """``(module name, its num_classes)`` of every box/mask head that disagrees.
+
+    A head is any module with an int ``num_classes`` whose name mentions
+    ``bbox_head`` or ``mask_head`` (single heads, per-stage lists, stage modules).
+    The RPN and the semantic head are not class heads in this sense.
+    """
+    out = []
+    for name, module in _unwrap(model).named_modules():
+        n = getattr(module, 'num_classes', None)
+        if isinstance(n, int) and ('bbox_head' in name or 'mask_head' in name) and n != num_classes:
+            out.append((name, n))
+    return out
+
+
+@HOOKS.register_module()
+class NumClassesCheckHook(Hook):
+    """Check that the RoI heads predict as many classes as the dataset has."""
+    priority = 'VERY_HIGH'
+
+    def _check(self, runner, dataloader, mode):
+        dataset = getattr(dataloader, 'dataset', None)
+        classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
+        if classes is None:
+            return
+        if isinstance(classes, str):
+            classes = (classes, )
+        bad = num_classes_mismatches(runner.model, len(classes))
+        if bad:
+            heads = ', '.join(f'{name} has num_classes={n}' for name, n in bad)
+            raise ValueError(
+                f'The {mode} dataset has {len(classes)} classes {tuple(classes)} but {heads}. '
+                f'Set model.roi_head.bbox_head.num_classes and '
+                f'model.roi_head.mask_head.num_classes to {len(classes)}.')
+
+    def before_train(self, runner):
+        self._check(runner, runner.train_dataloader, 'train')
+
+    def before_val(self, runner):
+        self._check(runner, runner.val_dataloader, 'val')
+
+    def before_test(self, runner):
+        self._check(runner, runner.test_dataloader, 'test')
+
+
+@HOOKS.register_module()
+class SavePredictionImagesHook(Hook):
+    """Draw the test predictions on the input images and write them to ``out_dir``."""
+    priority = 'LOW'
+
+    def __init__(self, out_dir, score_thr=0.3, interval=1):
+        self.out_dir = out_dir
+        self.score_thr = score_thr
+        self.interval = interval
+        self._count = 0
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        import cv2
+
+        from cascade_seg.visualization import draw_det_data_sample
+        meta = getattr(_unwrap(runner.model), 'dataset_meta', None) or \
+            getattr(runner.test_dataloader.dataset, 'metainfo', {}) or {}
+        os.makedirs(self.out_dir, exist_ok=True)
+        for sample in outputs or []:
+            self._count += 1
+            path = sample.metainfo.get('img_path')
+            if (self._count - 1) % self.interval or not path or not osp.isfile(path):
+                continue
+            img = cv2.imread(path, cv2.IMREAD_COLOR)
+            drawn = draw_det_data_sample(img, sample, meta.get('classes'), self.score_thr)
+            cv2.imwrite(osp.join(self.out_dir, osp.basename(path)), drawn)

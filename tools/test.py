@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint: python tools/test.py CONFIG CHECKPOINT [--out preds.pkl|metrics.json]"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+from cascade_seg.engine.runner_utils import (  # noqa: E402
+    DictAction, add_test_outputs, build_runner, load_config, save_metrics)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Test (and evaluate) a detector')
+    p.add_argument('config', help='config file path')
+    p.add_argument('checkpoint', help='checkpoint file')
+    p.add_argument('--work-dir', help='where logs and metrics.json go (default work_dirs/<config>)')
+    p.add_argument('--out', help='*.pkl: also dump the raw predictions (masks as RLE); *.json: '
+                                 'write the metrics there instead of <work_dir>/metrics.json')
+    p.add_argument('--show-dir', help='save the images with predictions drawn into this folder')
+    p.add_argument('--score-thr', type=float, default=0.3, help='score threshold for --show-dir')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                   help='override config keys, e.g. test_dataloader.batch_size=1')
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = p.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if args.out and not args.out.endswith(('.pkl', '.pickle', '.json')):
+        p.error('--out must end with .pkl or .json')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    dump_pkl = args.out if args.out and not args.out.endswith('.json') else None
+    add_test_outputs(cfg, show_dir=args.show_dir, score_thr=args.score_thr, out_pkl=dump_pkl)
+    runner = build_runner(cfg, work_dir=args.work_dir, launcher=args.launcher,
+                          load_from=args.checkpoint)
+    metrics = runner.test()
+    if runner.rank == 0:
+        path = args.out if args.out and args.out.endswith('.json') else \
+            osp.join(runner.work_dir, 'metrics.json')
+        save_metrics(metrics, path)
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, tuple))},
+                         indent=2, default=str))
+        print(f'metrics written to {path}')
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
