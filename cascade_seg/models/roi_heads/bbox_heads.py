@@ -7,7 +7,7 @@ MMDetection (``shared_convs.{i}.conv``, ``shared_fcs.{i}``, ``fc_cls``, ``fc_reg
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, nms
 
 from cascade_seg.registry import MODELS, TASK_UTILS
 
@@ -81,6 +81,29 @@ def refine_boxes(rois, labels, cls_score, bbox_pred, pos_is_gt, coder, img_shape
     return refined
 
 
+def class_wise_nms(boxes, scores, labels, iou_threshold):
+    """``torchvision.ops.batched_nms`` with the same result, faster for many classes on CPU.
+
+    For large inputs torchvision runs one NMS per class but finds each class's members with a
+    full-length comparison and ``nonzero`` (80 passes over 80k entries for COCO at score_thr 0).
+    Here one stable sort groups the classes; each class's members keep their original order, so
+    every per-class NMS, and the final score sort, sees exactly what torchvision's would.
+    """
+    if boxes.numel() <= 4000 or boxes.device.type != 'cpu':
+        return batched_nms(boxes, scores, labels, iou_threshold)  # its single-NMS path
+    order = torch.sort(labels, stable=True).indices
+    counts = torch.bincount(labels).tolist()
+    keep_mask = torch.zeros_like(scores, dtype=torch.bool)
+    start = 0
+    for count in counts:
+        if count:
+            idx = order[start:start + count]
+            keep_mask[idx[nms(boxes[idx], scores[idx], iou_threshold)]] = True
+        start += count
+    keep = torch.nonzero(keep_mask, as_tuple=True)[0]
+    return keep[scores[keep].sort(descending=True)[1]]
+
+
 def postprocess_detections(boxes, scores, score_thr=0.05, nms_iou=0.5, max_per_img=100,
                            min_bbox_size=0):
     """Per-class NMS with MMDetection's ``multiclass_nms`` semantics.
@@ -105,7 +128,7 @@ def postprocess_detections(boxes, scores, score_thr=0.05, nms_iou=0.5, max_per_i
     boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
     if boxes.numel() == 0:
         return boxes, scores, labels
-    keep = batched_nms(boxes, scores, labels, nms_iou)
+    keep = class_wise_nms(boxes, scores, labels, nms_iou)
     if max_per_img > 0:
         keep = keep[:max_per_img]
     return boxes[keep], scores[keep], labels[keep]

@@ -11,7 +11,7 @@ __all__ = ['mask_targets', 'paste_masks']
 
 # Work-buffer budget (elements) for chunking: bounds the float copies of GT masks and the
 # sampling grids of pasting, whatever the number of instances or the image size.
-CHUNK_ELEMS = 1 << 24
+CHUNK_ELEMS = 1 << 22  # 16 MiB of float32: small peak memory, still few chunks
 
 
 def _pair(x) -> tuple:

@@ -1,0 +1,11 @@
+# Mask R-CNN paper, Table 2e: an FCN mask head vs an MLP mask head on the same RoI features.
+base = 'configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py'
+variants = [
+    dict(name='FCN', overrides={}),
+    dict(name='MLP', overrides={'model.roi_head.mask_head.type': 'MLPMaskHead'}),
+]
+seeds = [0]
+run = dict(train=True, test=True, speed=['inference'])
+speed = dict(img_size=128, threads=2, warmup=1, runs=3)
+report = dict(baseline='FCN', columns=['segm_mAP', 'segm_mAP_50', 'segm_mAP_75',
+                                       'inference.s_per_img', 'params'])

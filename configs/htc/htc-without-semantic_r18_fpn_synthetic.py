@@ -1,0 +1,4 @@
+_base_ = [
+    '../cascade_mask_rcnn/cascade-mask-rcnn_r18_fpn_synthetic.py', '../_base_/models/htc_delta.py'
+]
+model = _base_.htc_delta
