@@ -189,6 +189,7 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
         result.update(times_s=[round(t, 4) for t in times], median_s=med,
                       mean_s=statistics.fmean(times))
         if task == 'inference':
+            result['s_per_img'] = med
             result['img_per_s'] = 1.0 / med
         else:
             result['s_per_iter'] = med
