@@ -139,3 +139,24 @@ def test_csv_latex_and_plot(tmp_path, base_cfg):
         render(res, 'md', baseline='nope')
     png = plot(res, str(tmp_path / 'p.png'))
     assert osp.getsize(png) > 1000
+
+
+SPEC_DIR = osp.join(osp.dirname(__file__), '..', 'configs', 'ablations', 'specs')
+
+
+@pytest.mark.parametrize('spec_name', sorted(f for f in __import__('os').listdir(SPEC_DIR)
+                                             if f.endswith('.py')))
+def test_shipped_specs_resolve_and_every_variant_builds(spec_name, monkeypatch):
+    from cascade_seg.ablation.spec import build_variant_config
+    from cascade_seg.registry import MODELS
+    import cascade_seg.models  # noqa: F401
+    monkeypatch.chdir(osp.join(SPEC_DIR, '..', '..', '..'))
+    spec = load_spec(osp.join('configs', 'ablations', 'specs', spec_name))
+    hashes = set()
+    for variant in spec.variants:
+        cfg = build_variant_config(spec, variant)
+        model = MODELS.build(cfg.model)
+        assert sum(p.numel() for p in model.parameters()) > 0
+        hashes.add(config_hash(cfg, 0))
+    # every variant differs from every other one
+    assert len(hashes) == len(spec.variants)

@@ -2,7 +2,10 @@
 base = 'configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py'
 variants = [
     dict(name='FCN', overrides={}),
-    dict(name='MLP', overrides={'model.roi_head.mask_head.type': 'MLPMaskHead'}),
+    # the paper's MLP: two 1024-d fc layers on the 14x14 RoI feature, then 28x28 per class
+    dict(name='MLP', overrides={'model.roi_head.mask_head': dict(
+        type='MLPMaskHead', in_channels=64, roi_feat_size=14, num_fcs=2, fc_out_channels=1024,
+        mask_size=28, num_classes=6)}),
 ]
 seeds = [0]
 run = dict(train=True, test=True, speed=['inference'])

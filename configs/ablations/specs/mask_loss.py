@@ -2,7 +2,7 @@
 base = 'configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py'
 variants = [
     dict(name='sigmoid (decoupled)', overrides={}),
-    dict(name='softmax (coupled)', overrides={'model.roi_head.mask_head.predictor': 'softmax'}),
+    dict(name='softmax (coupled)', overrides={'+model.roi_head.mask_head.predictor': 'softmax'}),
 ]
 seeds = [0]
 run = dict(train=True, test=True, speed=[])
