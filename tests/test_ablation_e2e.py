@@ -96,8 +96,11 @@ def test_rerun_skips_finished_and_resumes_interrupted(tiny_spec, monkeypatch):
 def test_cli_reports_failure_exit_code(tiny_spec):
     spec, work, _ = tiny_spec
     proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools/ablate.py'), str(spec),
-                           '--work-dir', str(work)], capture_output=True, text=True,
+                           '--work-dir', str(work), '--isolate'], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 1
     assert 'failed variants: broken' in proc.stderr
     assert '| a (baseline) |' in proc.stdout
+    # the finished variants were skipped; the broken one ran again in its own process
+    assert 'started in a subprocess' in proc.stdout
+    assert json.loads((work / 'a' / 'seed0' / 'result.json').read_text())['status'] == 'done'

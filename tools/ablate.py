@@ -14,6 +14,8 @@ def parse_args():
     p.add_argument('--work-dir', required=True, help='one sub-folder per variant and seed')
     p.add_argument('--jobs', type=int, default=1, help='variants run at once (subprocesses)')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    p.add_argument('--isolate', action='store_true',
+                   help='run each variant in its own process (per-variant peak memory)')
     p.add_argument('--only', nargs='+', help='run only these variants')
     p.add_argument('--seeds', type=int, nargs='+', help='override the spec\'s seeds')
     p.add_argument('--no-summary', action='store_true', help=argparse.SUPPRESS)
@@ -26,7 +28,8 @@ def main():
     if args.launcher != 'none':
         os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     summary = run_spec(args.spec, args.work_dir, jobs=args.jobs, launcher=args.launcher,
-                       only=args.only, seeds=args.seeds, write_summary=not args.no_summary)
+                       only=args.only, seeds=args.seeds, write_summary=not args.no_summary,
+                       isolate=args.isolate)
     if not args.no_summary:
         print(render(summary, 'md'))
         print(f'results: {os.path.join(args.work_dir, "results.json")}')

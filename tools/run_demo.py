@@ -75,7 +75,7 @@ def main():
     ensure_dataset(args.data, args.gpu)
     spec = args.spec or osp.join('configs', 'ablations', 'specs',
                                  'demo_gpu.py' if args.gpu else 'demo.py')
-    summary = run_spec(spec, args.out)
+    summary = run_spec(spec, args.out, isolate=True)
     table = render(summary, 'md')
     with open(osp.join(args.out, 'table.md'), 'w') as f:
         f.write(table)

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import os.path as osp
+import resource
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,9 @@ def _execute(spec, variant, cfg, seed, vdir, launcher):
         out['metrics'] = {k: _plain(v) for k, v in runner.test().items()}
     if runner is not None:
         out['params'] = sum(p.numel() for p in runner.model.parameters())
+    # Peak resident memory of this process so far: per variant when each variant runs in
+    # its own process (run_spec(isolate=True), tools/ablate.py --isolate, the demo).
+    out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if _is_main_process():
         for task in spec.run.get('speed') or ():
             out['speed'][task] = benchmark(cfg, task=task, **spec.speed)
@@ -141,7 +145,12 @@ def _subprocess_one(spec_path, name, seed, work_dir, threads):
 
 
 def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None,
-             write_summary=True):
+             write_summary=True, isolate=False):
+    """Run every (variant, seed) of a spec; returns the summary (also ``results.json``).
+
+    ``jobs > 1`` or ``isolate`` runs each (variant, seed) in its own subprocess (``jobs`` at
+    once), which also makes its recorded peak memory its own.
+    """
     spec = load_spec(spec_path)
     if seeds is not None:
         spec.seeds = list(seeds)
@@ -150,7 +159,7 @@ def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None
         raise ValueError(f'no variant named {only} in {spec_path}')
     todo = [(v, s) for v in variants for s in spec.seeds]
     os.makedirs(work_dir, exist_ok=True)
-    if jobs > 1 and launcher == 'none':
+    if (jobs > 1 or isolate) and launcher == 'none':
         threads = max(1, (os.cpu_count() or 1) // jobs)
         running = []
         for i, (v, s) in enumerate(todo):
@@ -221,7 +230,7 @@ def _flatten(rec):
         for k, v in (res or {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 flat[f'{task}.{k}'] = float(v)
-    for k in ('params', 'train_time_s', 'wall_time_s'):
+    for k in ('params', 'train_time_s', 'wall_time_s', 'peak_rss_mb'):
         if isinstance(rec.get(k), (int, float)):
             flat[k] = float(rec[k])
     return flat

@@ -13,7 +13,8 @@ HEADERS = {
     'train.s_per_iter': 'train s/iter', 'inference.s_per_img': 'infer s/img',
     'inference.img_per_s': 'img/s', 'train.peak_mem_mb': 'train mem MB',
     'inference.peak_mem_mb': 'infer mem MB', 'params': 'params (M)',
-    'inference.gflops': 'GFLOPs', 'train_time_s': 'train s/iter (log)',
+    'inference.gflops': 'GFLOPs', 'train_time_s': 'train s/iter', 'peak_rss_mb': 'peak RSS MB',
+    'wall_time_s': 'wall s',
 }
 
 
