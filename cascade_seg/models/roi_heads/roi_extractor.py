@@ -4,9 +4,11 @@ import math
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
-from torchvision.ops import RoIAlign, RoIPool
+from torchvision.ops import RoIPool
 
 from cascade_seg.registry import MODELS
+
+from .roi_align import roi_align
 
 
 def map_roi_levels(rois, num_levels, finest_scale=56, mode='mmdet', finest_stride=4):
@@ -34,6 +36,25 @@ def rescale_rois(rois, scale_factor):
     cxy = (rois[:, 1:3] + rois[:, 3:5]) * 0.5
     half = (rois[:, 3:5] - rois[:, 1:3]) * (0.5 * scale_factor)
     return torch.cat([rois[:, :1], cxy - half, cxy + half], dim=1)
+
+
+class RoIAlign(nn.Module):
+    """torchvision's RoIAlign, with a faster CPU training path (see roi_align.py)."""
+
+    def __init__(self, output_size, spatial_scale, sampling_ratio=0, aligned=True):
+        super().__init__()
+        self.output_size = _pair(output_size)
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, feat, rois):
+        return roi_align(feat, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
+                         self.aligned)
+
+    def extra_repr(self):
+        return (f'output_size={self.output_size}, spatial_scale={self.spatial_scale}, '
+                f'sampling_ratio={self.sampling_ratio}, aligned={self.aligned}')
 
 
 @MODELS.register_module()
