@@ -1,7 +1,8 @@
 _base_ = './schedule_1x.py'
 # Short CPU schedule for the synthetic set (~270 training images with objects, batch 4:
 # 67 iterations per epoch). The model trains from scratch, where AdamW learns much faster
-# than SGD (segm mAP after 4 epochs: 0.041 vs 0.008); short warm-up, gradient clipping.
+# than SGD (segm mAP after 4 epochs: 0.041 vs 0.008; 0.149 after 8 with AdamW, before the
+# lr steps); short warm-up, gradient clipping. ~0.6 s/iter on 2 idle CPU cores (Mask R-CNN).
 train_cfg = dict(max_epochs=12, val_interval=4)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
