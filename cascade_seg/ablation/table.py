@@ -31,26 +31,19 @@ def load_results(paths):
     return merged
 
 
-def _fmt(key, value):
+def _fmt(key, value, signed=False):
+    """AP as percent with one decimal, params in millions, memory/FLOPs whole, times 3 places;
+    ``signed`` for Δ cells."""
     if value is None:
         return '-'
+    sign = '+' if signed else ''
     if 'mAP' in key:
-        return f'{100 * value:.1f}'
+        return f'{100 * value:{sign}.1f}'
     if key == 'params':
-        return f'{value / 1e6:.1f}'
-    if 'mem' in key or 'gflops' in key:
-        return f'{value:.0f}'
-    return f'{value:.3f}'
-
-
-def _fmt_delta(key, delta):
-    if 'mAP' in key:
-        return f'{100 * delta:+.1f}'
-    if key == 'params':
-        return f'{delta / 1e6:+.1f}'
-    if 'mem' in key or 'gflops' in key:
-        return f'{delta:+.0f}'
-    return f'{delta:+.3f}'
+        return f'{value / 1e6:{sign}.1f}'
+    if 'mem' in key or 'gflops' in key or 'rss' in key:
+        return f'{value:{sign}.0f}'
+    return f'{value:{sign}.3f}'
 
 
 def table_rows(results, columns=None, baseline=None):
@@ -77,7 +70,7 @@ def table_rows(results, columns=None, baseline=None):
                 cell += f" ± {_fmt(c, r['std'][c]).lstrip('+')}"
             if (base is not None and r is not base and v is not None
                     and base.get('status') == 'done' and base['mean'].get(c) is not None):
-                cell += f' ({_fmt_delta(c, v - base["mean"][c])})'
+                cell += f' ({_fmt(c, v - base["mean"][c], signed=True)})'
             cells.append(cell)
         body.append(cells)
     return header, body

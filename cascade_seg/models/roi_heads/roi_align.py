@@ -73,8 +73,8 @@ def roi_align_separable(feat, rois, output_size, spatial_scale=1.0, sampling_rat
         gw = torch.ceil(rw / Q).long()
     ay = axis_weights(y1, rh / P, gh, P, H)                                 # (K, P, H)
     ax = axis_weights(x1, rw / Q, gw, Q, W)                                 # (K, Q, W)
-    out = feat.new_zeros(K, C, P, Q)
     batch = r[:, 0].long()
+    pooled, order = [], []
     for b in range(B):
         idx = torch.nonzero(batch == b, as_tuple=True)[0]
         if idx.numel() == 0:
@@ -82,9 +82,13 @@ def roi_align_separable(feat, rois, output_size, spatial_scale=1.0, sampling_rat
         k = idx.numel()
         x = feat[b].permute(1, 0, 2).reshape(H, C * W)                      # (H, C*W)
         rows = (ay[idx].reshape(k * P, H) @ x).reshape(k, P * C, W)         # sum over y
-        pooled = rows @ ax[idx].transpose(1, 2)                              # (k, P*C, Q)
-        out = out.index_copy(0, idx, pooled.reshape(k, P, C, Q).permute(0, 2, 1, 3))
-    return out
+        pooled.append((rows @ ax[idx].transpose(1, 2)).reshape(k, P, C, Q))  # sum over x
+        order.append(idx)
+    if not pooled:
+        return feat.new_zeros(K, C, P, Q)
+    # back to the RoIs' order with one gather, then (K, C, P, Q)
+    out = torch.cat(pooled)[torch.argsort(torch.cat(order))]
+    return out.permute(0, 2, 1, 3)
 
 
 def roi_align(feat, rois, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True):
