@@ -10,9 +10,9 @@ variants = [
 # (AdamW from scratch, LR x0.1 for the last epoch). For the full synthetic schedule, copy this
 # spec without `common_overrides` and run it with tools/ablate.py.
 common_overrides = {
-    'train_cfg.max_epochs': 4,
+    'train_cfg.max_epochs': 3,
     'train_cfg.val_interval': 100,  # evaluated once, by the test run
-    'param_scheduler.1.milestones': [3],
+    'param_scheduler.1.milestones': [2],
 }
 seeds = [0]
 # Training speed comes from the training log (mean s/iter); inference is benchmarked at the
