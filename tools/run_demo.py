@@ -24,6 +24,8 @@ def parse_args():
     p.add_argument('--gpu', action='store_true',
                    help='full-size (R50-FPN) configs on a CUDA device instead of the CPU configs')
     p.add_argument('--num-vis', type=int, default=3, help='validation images to visualize')
+    p.add_argument('--vis-score-thr', type=float, default=0.1,
+                   help='score threshold of the drawn detections (at most 8 per image)')
     return p.parse_args()
 
 
@@ -35,7 +37,7 @@ def ensure_dataset(data_dir, gpu):
     print(f'synthetic dataset: {data_dir} ({info})' if info else f'synthetic dataset: {data_dir}')
 
 
-def visualize(summary, data_dir, out_dir, num_vis, device):
+def visualize(summary, data_dir, out_dir, num_vis, device, score_thr=0.1, max_dets=8):
     from cascade_seg.apis import inference_detector, init_detector
     from cascade_seg.visualization import draw_instances
     import cv2
@@ -55,9 +57,10 @@ def visualize(summary, data_dir, out_dir, num_vis, device):
         model = init_detector(row['config'], ckpts[-1], device=device)
         classes = model.dataset_meta.get('classes') if model.dataset_meta else None
         for img_path in images:
-            result = inference_detector(model, img_path)
-            canvas = draw_instances(cv2.imread(img_path), result.pred_instances, classes,
-                                    score_thr=0.3)
+            pred = inference_detector(model, img_path).pred_instances
+            # The demo's short schedule leaves scores low: draw the most confident few.
+            pred = pred[pred.scores.argsort(descending=True)[:max_dets]]
+            canvas = draw_instances(cv2.imread(img_path), pred, classes, score_thr=score_thr)
             # Upscale the small synthetic images so the drawing is legible.
             canvas = cv2.resize(canvas, None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST)
             path = osp.join(vis_dir, f"{row['name']}_{osp.splitext(osp.basename(img_path))[0]}.png")
@@ -80,7 +83,8 @@ def main():
     with open(osp.join(args.out, 'table.md'), 'w') as f:
         f.write(table)
     png = plot(summary, osp.join(args.out, 'ablation.png'))
-    vis = visualize(summary, args.data, args.out, args.num_vis, 'cuda' if args.gpu else 'cpu')
+    vis = visualize(summary, args.data, args.out, args.num_vis, 'cuda' if args.gpu else 'cpu',
+                    args.vis_score_thr)
     wall = time.time() - start
     print()
     print(table)
