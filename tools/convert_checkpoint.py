@@ -40,8 +40,6 @@ def parse_args(argv=None):
     p.add_argument('--coco80', action='store_true',
                    help='torchvision only: keep the 80 COCO classes in use (usual COCO label '
                         'order, num_classes=80) instead of the 90 category-id slots')
-    p.add_argument('--unsafe-load', action='store_true',
-                   help='allow full unpickling of the input (trusted files only)')
     return p.parse_args(argv)
 
 
@@ -58,7 +56,7 @@ def model_state_dict(config, cfg_options=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    src = load_state_dict_file(args.input, allow_unsafe=args.unsafe_load)
+    src = load_state_dict_file(args.input)
     sd, unmapped = CONVERTERS[args.source](src)
     if args.coco80:
         if args.source != 'torchvision':

@@ -5,6 +5,7 @@ tested on key lists alone. The torchvision conversion goes through MMDetection's
 (``torchvision_to_mmdet``), then the MMDetection -> cascade_seg step (``mmdet_to_cascade``),
 which only differs from the identity in the RoI head's stage layout.
 """
+import pickle
 import re
 from collections import OrderedDict
 
@@ -195,12 +196,13 @@ def align_to_model(state_dict, model_state_dict, unmapped=()):
     return out, ConversionReport(unmapped, missing, unexpected, mismatched, dropped)
 
 
-def load_state_dict_file(path, allow_unsafe=False):
+def load_state_dict_file(path):
     """A state dict from a ``.pth``/``.pt`` file: raw, or under ``state_dict`` / ``model``.
 
-    Loads with ``weights_only=True`` (plus the globals an mmengine checkpoint's ``meta`` needs).
-    ``allow_unsafe=True`` falls back to the full unpickler for checkpoints that still refuse:
-    only for files you trust.
+    Always loads with ``weights_only=True`` plus the globals an mmengine checkpoint's ``meta``
+    needs (cascade_seg.engine.checkpoint). A checkpoint that pickles anything else is refused
+    with the name of the global; allow-list it with ``torch.serialization.add_safe_globals``
+    only if you trust the file. There is deliberately no full-unpickler fallback.
     """
     try:
         from cascade_seg.engine.checkpoint import register_safe_globals
@@ -209,11 +211,10 @@ def load_state_dict_file(path, allow_unsafe=False):
         pass
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # noqa: BLE001 - the safe unpickler refused a global
-        if not allow_unsafe:
-            raise RuntimeError(f'{path}: safe loading failed ({err}); if you trust the file, '
-                               'retry with allow_unsafe=True (--unsafe-load)') from err
-        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except pickle.UnpicklingError as err:  # the safe unpickler refused a global
+        raise RuntimeError(f'{path}: safe loading refused the file ({err}). If you trust it, '
+                           'allow-list that global with torch.serialization.add_safe_globals '
+                           'and convert again.') from err
     for key in ('state_dict', 'model'):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
