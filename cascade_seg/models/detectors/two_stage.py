@@ -7,6 +7,8 @@ from mmengine.model import BaseModel
 from cascade_seg.registry import MODELS
 from cascade_seg.structures import DetDataSample
 
+from ..layers import cpu_conv_layout
+
 _HEAD_KEYS = ('bbox_head', 'mask_head')
 
 
@@ -149,10 +151,7 @@ class TwoStageDetector(BaseModel):
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
     def extract_feat(self, batch_inputs):
-        if batch_inputs.device.type == 'cpu':
-            # oneDNN convolutions run natively in NHWC; NCHW input costs a reorder per conv.
-            # Layout only: values are the same up to float rounding.
-            batch_inputs = batch_inputs.contiguous(memory_format=torch.channels_last)
+        batch_inputs = cpu_conv_layout(batch_inputs, self.training)
         x = self.backbone(batch_inputs)
         return self.neck(x) if self.neck is not None else x
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from cascade_seg.registry import MODELS
 
-from ..layers import ConvModule
+from ..layers import ConvModule, cpu_conv_layout
 from ..losses import mask_softmax_loss
 
 
@@ -100,8 +100,7 @@ class FCNMaskHead(_MaskPredictor):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x, res_feat=None, return_logits=True, return_feat=False):
-        if x.device.type == 'cpu':
-            x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convs, same math
+        x = cpu_conv_layout(x, self.training)
         if res_feat is not None:
             if not self.with_conv_res:
                 raise ValueError('res_feat given to a mask head built without with_conv_res')

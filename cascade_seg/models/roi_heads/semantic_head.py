@@ -5,7 +5,7 @@ from torch import nn
 
 from cascade_seg.registry import MODELS
 
-from ..layers import ConvModule
+from ..layers import ConvModule, cpu_conv_layout
 
 
 @MODELS.register_module()
@@ -52,8 +52,7 @@ class FusedSemanticHead(nn.Module):
             if i != self.fusion_level:
                 feat = F.interpolate(feat, size=size, mode='bilinear', align_corners=True)
                 x = x + self.lateral_convs[i](feat)
-        if x.device.type == 'cpu':
-            x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convs, same math
+        x = cpu_conv_layout(x, self.training)
         for conv in self.convs:
             x = conv(x)
         # the embedding is pooled per RoI by RoIAlign, which wants NCHW
