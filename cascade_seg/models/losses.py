@@ -249,19 +249,31 @@ class CrossEntropyLoss(nn.Module):
 
 
 class _RegressionLoss(nn.Module):
+    """Weighted, reduced regression loss; subclasses give the element-wise function."""
 
     def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
         super().__init__()
         self.reduction = reduction
         self.loss_weight = loss_weight
 
-    def _early_zero(self, pred: Tensor, weight: Optional[Tensor]) -> Optional[Tensor]:
+    def loss(self, pred: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,
+             avg_factor: Optional[float]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self,
+                pred: Tensor,
+                target: Tensor,
+                weight: Optional[Tensor] = None,
+                avg_factor: Optional[float] = None,
+                reduction_override: Optional[str] = None,
+                **kwargs) -> Tensor:
         # all weights zero: a graph-connected 0 without computing anything (MMDetection)
         if weight is not None and not torch.any(weight > 0):
             if pred.dim() == weight.dim() + 1:
                 weight = weight.unsqueeze(1)
             return (pred * weight).sum()
-        return None
+        reduction = reduction_override or self.reduction
+        return self.loss_weight * self.loss(pred, target, weight, reduction, avg_factor)
 
 
 @MODELS.register_module()
@@ -271,32 +283,12 @@ class SmoothL1Loss(_RegressionLoss):
         super().__init__(reduction, loss_weight)
         self.beta = beta
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: Optional[float] = None,
-                reduction_override: Optional[str] = None,
-                **kwargs) -> Tensor:
-        zero = self._early_zero(pred, weight)
-        if zero is not None:
-            return zero
-        return self.loss_weight * smooth_l1_loss(pred, target, self.beta, weight, reduction_override
-                                                 or self.reduction, avg_factor)
+    def loss(self, pred, target, weight, reduction, avg_factor):
+        return smooth_l1_loss(pred, target, self.beta, weight, reduction, avg_factor)
 
 
 @MODELS.register_module()
 class L1Loss(_RegressionLoss):
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: Optional[float] = None,
-                reduction_override: Optional[str] = None,
-                **kwargs) -> Tensor:
-        zero = self._early_zero(pred, weight)
-        if zero is not None:
-            return zero
-        return self.loss_weight * l1_loss(pred, target, weight, reduction_override
-                                          or self.reduction, avg_factor)
+    def loss(self, pred, target, weight, reduction, avg_factor):
+        return l1_loss(pred, target, weight, reduction, avg_factor)
