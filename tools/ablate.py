@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
-from cascade_seg.ablation import render, run_spec  # noqa: E402
+from cascade_seg.ablation import failed_variants, render, run_spec  # noqa: E402
 
 
 def parse_args():
@@ -33,7 +33,7 @@ def main():
     if not args.no_summary:
         print(render(summary, 'md'))
         print(f'results: {os.path.join(args.work_dir, "results.json")}')
-    failed = [r['name'] for r in summary['variants'] if r.get('status') != 'done']
+    failed = failed_variants(summary)
     if failed:
         print(f'failed variants: {", ".join(failed)}', file=sys.stderr)
         sys.exit(1)

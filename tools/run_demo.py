@@ -73,7 +73,7 @@ def main():
     args = parse_args()
     os.chdir(ROOT)
     start = time.time()
-    from cascade_seg.ablation import plot, render, run_spec
+    from cascade_seg.ablation import failed_variants, plot, render, run_spec
 
     ensure_dataset(args.data, args.gpu)
     spec = args.spec or osp.join('configs', 'ablations', 'specs',
@@ -91,7 +91,7 @@ def main():
     print(f'table: {osp.join(args.out, "table.md")}  plot: {png}  '
           f'visualizations: {len(vis)} in {osp.join(args.out, "vis")}')
     print(f'wall time: {wall / 60:.1f} min')
-    failed = [r['name'] for r in summary['variants'] if r.get('status') != 'done']
+    failed = failed_variants(summary)
     if failed:
         print(f'failed variants: {", ".join(failed)}', file=sys.stderr)
         sys.exit(1)

@@ -181,6 +181,11 @@ def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None
     return summary
 
 
+def failed_variants(summary):
+    """Names of the variants in a summary that did not finish."""
+    return [r['name'] for r in summary['variants'] if r.get('status') != 'done']
+
+
 def _one_line(rec):
     if rec.get('status') != 'done':
         return f"FAILED ({rec.get('error')})"
