@@ -15,7 +15,7 @@ import os.path as osp
 import pytest
 import torch
 
-from cascade_seg.models.roi_heads.cascade_roi_head import merge_cfg
+from cascade_seg.models.roi_heads.stage_config import merge_cfg
 from cascade_seg.models.task_utils import boxes_to_rois
 from cascade_seg.structures import DetDataSample
 from cascade_seg.utils import convert_mmdet
@@ -162,10 +162,11 @@ def check_parity(config, ref, cfg_options=None):
 
     # 3. stage-0 box head on the reference's proposals
     roi_head = model.roi_head
-    sem = roi_head.semantic_head(feats)[1] if roi_head.with_semantic else None
     if 'semantic_feat' in ev:
-        assert_tensor_close('semantic feature', sem, ev['semantic_feat'], FEAT_REL)
-    cls0, reg0, _ = roi_head._bbox_forward(0, feats, boxes_to_rois([rp['bboxes']]), sem)
+        assert_tensor_close('semantic feature', roi_head.semantic_head(feats)[1],
+                            ev['semantic_feat'], FEAT_REL)
+    roi_feats, _ = roi_head.roi_features(feats, [sample])
+    cls0, reg0, _ = roi_head.bbox_forward(0, roi_feats, boxes_to_rois([rp['bboxes']]))
     assert_tensor_close('stage-0 cls_score', cls0, ev['stage0_cls_score'], FEAT_REL)
     assert_tensor_close('stage-0 bbox_pred', reg0, ev['stage0_bbox_pred'], FEAT_REL)
 
