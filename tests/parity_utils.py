@@ -66,6 +66,38 @@ def record_head_calls(model):
     return calls, remove
 
 
+# ----------------------------------------------------------------------------- torchvision
+
+def randomize_norms(model, images, seed):
+    """Random BN affine parameters, then running statistics calibrated on ``images``
+    (as the MMDetection reference's ``--randomize-norm``): every residual branch matters and
+    activations stay O(1)."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+            m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: exactly this batch's statistics
+        model.train()
+        body = model.backbone.body
+        body(model.transform(images)[0].tensors)
+        model.eval()
+
+
+def capture(obj, method, store):
+    """Wrap ``obj.method`` (on the instance) so that its return values land in ``store``;
+    returns the function that undoes it."""
+    orig = getattr(obj, method)
+
+    def wrapper(*args, **kwargs):
+        store.append(orig(*args, **kwargs))
+        return store[-1]
+    setattr(obj, method, wrapper)
+    return lambda: delattr(obj, method)
+
+
 # ----------------------------------------------------------------------------- comparisons
 
 def max_errors(a, b):

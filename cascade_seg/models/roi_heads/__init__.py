@@ -3,13 +3,14 @@ TASK_BRANCHES)."""
 from . import level_mapping  # noqa: F401  (registers the level-mapping rules)
 from .bbox_heads import (ConvFCBBoxHead, Shared2FCBBoxHead, Shared4Conv1FCBBoxHead, bbox_targets,
                          postprocess_detections, refine_boxes, regress_by_class)
-from .branches import MaskBranch, TaskBranch
+from .branches import KeypointBranch, MaskBranch, TaskBranch
 from .cascade_roi_head import CascadeRoIHead
+from .keypoint_head import KeypointRCNNHead
 from .mask_heads import FCNMaskHead, HTCMaskHead, MLPMaskHead
 from .roi_extractor import SingleRoIExtractor
 from .semantic_head import FusedSemanticHead
 
 __all__ = ['SingleRoIExtractor', 'ConvFCBBoxHead', 'Shared2FCBBoxHead', 'Shared4Conv1FCBBoxHead',
            'FCNMaskHead', 'HTCMaskHead', 'MLPMaskHead', 'FusedSemanticHead', 'CascadeRoIHead',
-           'TaskBranch', 'MaskBranch', 'bbox_targets', 'postprocess_detections', 'refine_boxes',
+           'TaskBranch', 'MaskBranch', 'KeypointBranch', 'KeypointRCNNHead', 'bbox_targets', 'postprocess_detections', 'refine_boxes',
            'regress_by_class']
