@@ -3,109 +3,15 @@ unit weights reproduce pycocotools exactly, multiplicities equal a physically re
 dataset, the bootstrap spread matches the exact bootstrap distribution (all resamples of a
 tiny set enumerated), identical variants differ by exactly 0, a clearly better one is
 significant, and seeds are resampled when there are several."""
-import contextlib
 import copy
-import io
 import itertools
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from ablation_toys import evaluate as _evaluate
+from ablation_toys import make_toy, replicate_dataset
 
 from cascade_seg.ablation import stats
-
-
-def _coco(dataset):
-    coco = COCO()
-    coco.dataset = copy.deepcopy(dataset)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def _evaluate(gt, dets, iou_type='bbox', accumulate=True):
-    coco_gt = _coco(gt)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(copy.deepcopy(dets)) if dets else _coco(
-            dict(images=gt['images'], categories=gt['categories'], annotations=[]))
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
-        ev.evaluate()
-        if accumulate:
-            ev.accumulate()
-            ev.summarize()
-    return ev
-
-
-def make_toy(num_images=5, num_cats=3, seed=0, quality=0.7, crowd=True, with_masks=False,
-             size=64):
-    """GT boxes per image and category; detections near the GT (how near: ``quality``),
-    plus false positives; distinct random scores. A few crowd GTs (ignored)."""
-    rs = np.random.RandomState(seed)
-    images = [dict(id=10 + 3 * i, width=size, height=size) for i in range(num_images)]
-    cats = [dict(id=c + 1, name=f'c{c}') for c in range(num_cats)]
-    anns, dets = [], []
-
-    def box(x, y, w, h):
-        return [float(x), float(y), float(w), float(h)]
-
-    def seg(b):
-        m = np.zeros((size, size), np.uint8)
-        x, y, w, h = (int(round(v)) for v in b)
-        m[y:y + h, x:x + w] = 1
-        rle = mask_utils.encode(np.asfortranarray(m))
-        return dict(size=[size, size], counts=rle['counts'].decode('ascii'))
-
-    for img in images:
-        for c in cats:
-            for _ in range(rs.randint(0, 3)):
-                w, h = rs.uniform(8, 24, size=2)
-                x, y = rs.uniform(0, size - w), rs.uniform(0, size - h)
-                is_crowd = int(crowd and rs.rand() < 0.15)
-                b = box(x, y, w, h)
-                ann = dict(id=len(anns) + 1, image_id=img['id'], category_id=c['id'], bbox=b,
-                           area=float(w * h), iscrowd=is_crowd)
-                if with_masks:
-                    ann['segmentation'] = seg(b)
-                anns.append(ann)
-                if rs.rand() < quality + 0.2:
-                    jitter = rs.normal(0, (1.2 - quality) * 4, size=4)
-                    db = box(max(0, x + jitter[0]), max(0, y + jitter[1]),
-                             max(2, w + jitter[2]), max(2, h + jitter[3]))
-                    d = dict(image_id=img['id'], category_id=c['id'], bbox=db,
-                             score=float(rs.uniform(0.3, 1.0) * quality + 0.1))
-                    if with_masks:
-                        d['segmentation'] = seg(db)
-                    dets.append(d)
-            for _ in range(rs.randint(0, 3)):  # false positives
-                w, h = rs.uniform(6, 20, size=2)
-                b = box(rs.uniform(0, size - w), rs.uniform(0, size - h), w, h)
-                d = dict(image_id=img['id'], category_id=c['id'], bbox=b,
-                         score=float(rs.uniform(0.05, 0.8)))
-                if with_masks:
-                    d['segmentation'] = seg(b)
-                dets.append(d)
-    for d in dets:  # distinct scores: ties would make the replicated order ambiguous
-        d['score'] += 1e-9 * rs.rand()
-    gt = dict(images=images, categories=cats, annotations=anns)
-    return gt, dets
-
-
-def replicate_dataset(gt, dets, counts):
-    """The toy set with image i present counts[i] times (copies get new, adjacent ids)."""
-    images, anns, new_dets = [], [], []
-    for img, k in zip(gt['images'], counts):
-        for copy_idx in range(k):
-            new_id = img['id'] * 100 + copy_idx
-            images.append(dict(img, id=new_id))
-            anns += [dict(a, id=len(anns) + 1 + j, image_id=new_id) for j, a in
-                     enumerate(a for a in gt['annotations'] if a['image_id'] == img['id'])]
-            new_dets += [dict(d, image_id=new_id) for d in dets if d['image_id'] == img['id']]
-    # re-number annotation ids uniquely
-    for j, a in enumerate(anns):
-        a['id'] = j + 1
-    return dict(images=images, categories=gt['categories'], annotations=anns), new_dets
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2, 3])
