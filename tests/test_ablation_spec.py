@@ -261,6 +261,7 @@ def test_shipped_specs_resolve_and_every_variant_builds(spec_name, monkeypatch):
     import cascade_seg.models  # noqa: F401
     monkeypatch.chdir(osp.join(SPEC_DIR, '..', '..', '..'))
     spec = load_spec(osp.join('configs', 'ablations', 'specs', spec_name))
+    assert spec.protocol and '\n' not in spec.protocol  # one line under the table
     hashes = set()
     for variant in spec.variants:
         cfg = build_variant_config(spec, variant)
