@@ -73,8 +73,8 @@ def extract_eval(coco_eval, max_det=100):
                 continue
             matched = np.asarray(e['dtMatches'])[:, :max_det].astype(bool)
             ignored = np.asarray(e['dtIgnore'])[:, :max_det].astype(bool)
-            det_img.append(np.full(len(scores), i, np.int64))
-            det_cat.append(np.full(len(scores), k, np.int64))
+            det_img.append(np.full(len(scores), i, np.int32))
+            det_cat.append(np.full(len(scores), k, np.int32))
             det_score.append(scores)
             det_tp.append(matched & ~ignored)
             det_fp.append(~matched & ~ignored)
@@ -83,7 +83,7 @@ def extract_eval(coco_eval, max_det=100):
                 iou_thrs=np.asarray(p.iouThrs, np.float64),
                 rec_thrs=np.asarray(p.recThrs, np.float64),
                 max_det=np.int64(max_det),
-                det_img=cat(det_img, np.int64, (0, )), det_cat=cat(det_cat, np.int64, (0, )),
+                det_img=cat(det_img, np.int32, (0, )), det_cat=cat(det_cat, np.int32, (0, )),
                 det_score=cat(det_score, np.float64, (0, )),
                 det_tp=cat(det_tp, bool, (num_iou, 0)), det_fp=cat(det_fp, bool, (num_iou, 0)),
                 gt_count=gt_count)
