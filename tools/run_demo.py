@@ -9,7 +9,9 @@ The console shows one line per model start and finish and a progress bar over th
 model's full logs are in <out>/<model>/seed<k>/.
 """
 import argparse
+import contextlib
 import glob
+import io
 import os
 import os.path as osp
 import sys
@@ -96,12 +98,15 @@ def visualize(summary, data_dir, out_dir, num_vis, device, score_thr=0.3, top_k=
         if ckpt is None:
             continue
         cfg = build_variant_config(spec, variants[row['name']])
-        model = init_detector(cfg, ckpt, device=device, strict=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # mmengine's 'Loads checkpoint by ...'
+            model = init_detector(cfg, ckpt, device=device, strict=True)
         classes = (model.dataset_meta or {}).get('classes')
         out = visualize_images(lambda p: inference_detector(model, p).pred_instances, images,
                                vis_dir, row['name'], classes, score_thr, top_k, scale)
-        print(f"visualized {row['name']}: {sum(n for _, n in out)} detections ({rule}) "
-              f'on {len(out)} validation images')
+        drawn = sum(n for _, n in out)
+        hint = ' (--vis-top-k K draws the K most confident)' if not drawn and top_k is None else ''
+        print(f"visualized {row['name']}: {drawn} detections ({rule}) on {len(out)} validation "
+              f'images{hint}')
         written += [p for p, _ in out]
     return written
 

@@ -299,7 +299,6 @@ def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
     console = JobConsole(runs, stream=stream)
     env = dict(os.environ, OMP_NUM_THREADS=str(_worker_threads(jobs)))
     pending, running, n = list(range(len(runs))), {}, len(runs)
-    console.draw(force=True)
     try:
         while pending or running:
             while pending and len(running) < jobs:
