@@ -143,7 +143,8 @@ def test_summary_mean_std_and_failure(tmp_path, base_cfg):
     assert rows['cascade']['mean']['inference.s_per_img'] == pytest.approx(0.2)
     # the error's last line, which names the variant and the key
     assert rows['broken']['status'] == 'failed'
-    assert rows['broken']['error'].startswith('OverrideError:') and 'model.x' in rows['broken']['error']
+    error = rows['broken']['error']
+    assert error.startswith('OverrideError:') and 'model.x' in error
     assert res['protocol'] == 'Toy protocol: 2 epochs from scratch'
     assert rows['cascade']['schedule'] == '2 epochs, batch 4, AdamW lr 0.001'
     assert failed_variants(res) == ['broken']
@@ -177,7 +178,8 @@ def test_table_without_per_image_data_says_so(tmp_path, base_cfg):
     s, work = _fake_results(tmp_path, base_cfg)
     res = attach_statistics(summarize(s, work), root=work)
     table = render(res, 'md')
-    assert '| cascade | 36.0 ± 1.4 | 27.0 ± 1.4 | 0.200 ± 0.000 | +5.0 [no CI] | +1.0 [no CI] |' in table
+    assert ('| cascade | 36.0 ± 1.4 | 27.0 ± 1.4 | 0.200 ± 0.000 | +5.0 [no CI] | +1.0 [no CI] |'
+            in table)
     assert 'no per-image evaluation data stored: no intervals' in table
 
 
@@ -213,7 +215,8 @@ def test_csv_latex_and_plot(tmp_path, base_cfg):
     fields = dict(zip(lines[0].split(','), lines[2].split(',')))
     assert fields['variant'] == 'cascade' and fields['metric'] == 'segm_mAP'
     assert float(fields['mean']) == pytest.approx(27.0) and fields['n'] == '2'
-    assert float(fields['std']) == pytest.approx(1.41421, rel=1e-4) and float(fields['se']) == pytest.approx(2.0)
+    assert float(fields['std']) == pytest.approx(1.41421, rel=1e-4)  # over the two seeds
+    assert float(fields['se']) == pytest.approx(2.0)
     assert float(fields['delta']) == pytest.approx(1.0)
     assert (float(fields['ci_low']), float(fields['ci_high'])) == pytest.approx((-2.0, 4.1))
     assert fields['significant'] == '0'

@@ -4,6 +4,6 @@ from .spec import AblationSpec, OverrideError, Variant, apply_overrides, config_
 from . import stats
 from .table import attach_statistics, load_results, plot, render
 
-__all__ = ['AblationSpec', 'OverrideError', 'Variant', 'apply_overrides', 'config_hash',
+__all__ = ['AblationSpec', 'OverrideError', 'Variant', 'apply_overrides', 'config_hash', 'stats',
            'load_spec', 'failed_runs', 'failed_variants', 'run_one', 'run_spec', 'summarize',
            'attach_statistics', 'load_results', 'plot', 'render']

@@ -271,6 +271,8 @@ def footnote(results, baseline=None):
         level = int(round(100 * settings.get('level', 0.95)))
         unc = ('± = std over seeds' if multi else
                f'± = bootstrap standard error over the {n_img} validation images')
+        if multi and 1 in counts:
+            unc += f' (single-seed rows: bootstrap standard error over the {n_img} images)'
         if multi:
             ci = (f'Δ vs {baseline}: {level}% percentile interval of a hierarchical bootstrap '
                   f'(seeds, then the {n_img} validation images, the same image resamples for '
