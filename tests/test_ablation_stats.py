@@ -162,3 +162,18 @@ def test_no_detections_and_empty_images():
     assert stats.point_metrics(data)['mAP'] == ev.stats[0] == 0.0
     rep = stats.replicate_metrics(data, stats.bootstrap_weights(3, 20))
     assert np.nanmax(rep['mAP']) == 0.0
+
+
+def test_equal_quality_is_not_significant():
+    """Two detectors of the same quality that differ only in their random errors: the
+    paired interval covers 0."""
+    gt, a = make_toy(num_images=30, num_cats=3, seed=13, quality=0.7, det_seed=1, crowd=False)
+    _, b = make_toy(num_images=30, num_cats=3, seed=13, quality=0.7, det_seed=2, crowd=False)
+    da = stats.extract_eval(_evaluate(gt, a, accumulate=False))
+    db = stats.extract_eval(_evaluate(gt, b, accumulate=False))
+    res = stats.compare_runs(_runs(a=[da], b=[db]), baseline='a', num_replicates=500,
+                             iou_types=('bbox', ))
+    for m in stats.EVAL_METRICS:
+        s = res['variants']['b'][f'bbox_{m}']
+        assert s['delta'] != 0 and not s['significant'], (m, s)
+        assert s['ci_low'] < 0 < s['ci_high']
