@@ -106,7 +106,9 @@ def load_eval(path):
 # weighted accumulate
 # ----------------------------------------------------------------------------------------
 def _category_curves(data):
-    """Per category: its detections in accumulate()'s order, cut after the last TP.
+    """Per category: its detections in accumulate()'s order (score descending, stable,
+    image order for ties), cut after the last TP, with per IoU threshold the positions of
+    the true positives and of the ignored detections.
 
     Detections after the last true positive (at every IoU threshold) only add points of
     lower precision at the final recall; the interpolated precision never reads them,
@@ -119,54 +121,73 @@ def _category_curves(data):
         tp, fp = data['det_tp'][:, order], data['det_fp'][:, order]
         hits = np.flatnonzero(tp.any(axis=0))
         n = int(hits[-1]) + 1 if len(hits) else 0
-        curves.append((data['det_img'][order[:n]], tp[:, :n], fp[:, :n]))
+        tp, ignored = tp[:, :n], ~(tp[:, :n] | fp[:, :n])
+        curves.append(dict(img=data['det_img'][order[:n]],
+                           tp_pos=[np.flatnonzero(row) for row in tp],
+                           ignored_pos=[np.flatnonzero(row) for row in ignored]))
     return curves
 
 
-def _interpolated_precision(img, tp, fp, npig, weights, rec_thrs):
+def _interpolated_precision(curve, npig, weights, rec_thrs):
     """COCO's interpolated precision ``q`` (B, T, R) of one category for B weight vectors.
 
     ``weights (B, I)`` are image multiplicities, ``npig (B,)`` the weighted number of
-    non-ignored GT (> 0). Same floating-point operations as COCOeval.accumulate().
+    non-ignored GT (> 0). COCO reads the precision envelope (the running maximum from the
+    right) at the first point whose recall reaches each recall threshold. Recall only
+    grows at true positives, and between two true positives precision only falls, so that
+    value is the maximum precision over the *true-positive* points whose recall reaches the
+    threshold: only those points are computed. Counts are exact integers and precision and
+    recall the same floating-point expressions as COCOeval.accumulate()'s.
     """
-    num_b, (num_t, num_d), num_r = len(weights), tp.shape, len(rec_thrs)
-    if num_d == 0:
-        return np.zeros((num_b, num_t, num_r))
-    w = weights[:, img]  # (B, D) multiplicity of each detection's image
-    tp_sum = np.cumsum(w[:, None, :] * tp[None], axis=2).astype(float)
-    fp_sum = np.cumsum(w[:, None, :] * fp[None], axis=2).astype(float)
-    rc = tp_sum / npig[:, None, None].astype(float)
-    pr = tp_sum / (fp_sum + tp_sum + _EPS)
-    env = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]  # monotone from the right
-    # q[r] = env[first j with rc[j] >= rec_thrs[r]] (searchsorted side='left' in COCO); rc is
-    # non-decreasing, so that j is the number of points j' with rc[j'] < rec_thrs[r], i.e.
-    # with fewer than r + 1 thresholds at or below rc[j'].
-    rows = num_b * num_t
-    level = np.searchsorted(rec_thrs, rc.reshape(-1), side='right').reshape(rows, num_d)
-    counts = np.bincount((level + (num_r + 1) * np.arange(rows)[:, None]).ravel(),
-                         minlength=rows * (num_r + 1)).reshape(rows, num_r + 1)
-    first = np.cumsum(counts, axis=1)[:, :num_r]
-    q = np.take_along_axis(env.reshape(rows, num_d), np.minimum(first, num_d - 1), axis=1)
-    q[first >= num_d] = 0.0  # recall level never reached
-    return q.reshape(num_b, num_t, num_r)
+    num_b, num_t, num_r = len(weights), len(curve['tp_pos']), len(rec_thrs)
+    q = np.zeros((num_b, num_t, num_r))
+    if not len(curve['img']):
+        return q
+    w = weights[:, curve['img']]  # (B, D) multiplicity of each detection's image
+    seen = np.cumsum(w, axis=1)  # weight of the detections up to and including each one
+    npig = npig[:, None].astype(float)
+    for t, (pos, ign) in enumerate(zip(curve['tp_pos'], curve['ignored_pos'])):
+        num_tp = len(pos)
+        if not num_tp:
+            continue
+        tp_cum = np.cumsum(w[:, pos], axis=1)  # (B, m) at each true positive
+        fp_cum = seen[:, pos] - tp_cum
+        if len(ign):  # ignored detections count neither as TP nor as FP
+            ign_cum = np.cumsum(w[:, ign], axis=1)
+            before = np.searchsorted(ign, pos)
+            fp_cum -= np.where(before > 0, ign_cum[:, np.maximum(before - 1, 0)], 0)
+        tp_f, fp_f = tp_cum.astype(float), fp_cum.astype(float)
+        rc = tp_f / npig
+        pr = tp_f / (fp_f + tp_f + _EPS)
+        env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+        # first true positive with rc >= rec_thrs[r]: rc is non-decreasing, so its index is
+        # the number of points with fewer than r + 1 thresholds at or below their recall
+        level = np.searchsorted(rec_thrs, rc.ravel(), side='right').reshape(num_b, num_tp)
+        counts = np.bincount((level + (num_r + 1) * np.arange(num_b)[:, None]).ravel(),
+                             minlength=num_b * (num_r + 1)).reshape(num_b, num_r + 1)
+        first = np.cumsum(counts, axis=1)[:, :num_r]
+        qt = np.take_along_axis(env, np.minimum(first, num_tp - 1), axis=1)
+        qt[first >= num_tp] = 0.0  # recall level never reached
+        q[:, t] = qt
+    return q
 
 
 def _weighted_precision(data, weights, curves=None):
-    """Yield ``(k, valid (B,), q (B, T, R))`` for every category, in chunks of replicates."""
+    """Yield ``(k, rows, valid (b,), q (b, T, R))`` per category and chunk of replicates."""
     curves = curves if curves is not None else _category_curves(data)
     weights = np.asarray(weights, np.int64)
-    num_t = len(data['iou_thrs'])
-    for k, (img, tp, fp) in enumerate(curves):
+    num_t, num_r = len(data['iou_thrs']), len(data['rec_thrs'])
+    for k, curve in enumerate(curves):
         npig = weights @ data['gt_count'][:, k]
         valid = npig > 0
-        step = max(1, _CHUNK_ELEMENTS // max(1, num_t * len(img)))
+        step = max(1, _CHUNK_ELEMENTS // max(1, 2 * len(curve['img'])))
         for start in range(0, len(weights), step):
             sl = slice(start, start + step)
             ok = valid[sl]
             if not ok.any():
                 continue
-            q = np.zeros((len(ok), num_t, len(data['rec_thrs'])))
-            q[ok] = _interpolated_precision(img, tp, fp, npig[sl][ok], weights[sl][ok],
+            q = np.zeros((len(ok), num_t, num_r))
+            q[ok] = _interpolated_precision(curve, npig[sl][ok], weights[sl][ok],
                                             data['rec_thrs'])
             yield k, sl, ok, q
 
