@@ -12,7 +12,9 @@ A spec is an mmengine python config::
     run = dict(train=True, test=True, speed=['inference', 'train'])
     speed = dict(img_size=128, threads=2, warmup=1, runs=3)
     seeds = [0]
-    report = dict(baseline='mask_first', columns=['bbox_mAP', 'segm_mAP'])
+    report = dict(baseline='mask_first', columns=['bbox_mAP', 'segm_mAP'],
+                  delta=['segm_mAP'])   # the metrics that get a "Δ [95% CI]" column
+    protocol = 'R18-FPN from scratch on the synthetic set, 6 epochs'  # printed under the table
 
 Override keys are dotted paths into the resolved config (the ``--cfg-options`` syntax).
 A key whose parent does not exist, or whose leaf is not in its parent, is an error that
@@ -55,6 +57,7 @@ class AblationSpec:
     speed: dict
     seeds: list
     report: dict
+    protocol: str = None  # one line stated under the table (what was trained, how)
 
     @property
     def name(self):
@@ -95,7 +98,16 @@ def load_spec(path):
     return AblationSpec(path=path, variants=variants,
                         common_overrides=dict(cfg.get('common_overrides', {})), run=run,
                         speed={**DEFAULT_SPEED, **dict(cfg.get('speed', {}))},
-                        seeds=list(cfg.get('seeds', [0])), report=dict(cfg.get('report', {})))
+                        seeds=list(cfg.get('seeds', [0])), report=dict(cfg.get('report', {})),
+                        protocol=_one_line(cfg.get('protocol'), path))
+
+
+def _one_line(text, path):
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f'{path}: protocol must be a string (one line), got {type(text).__name__}')
+    return ' '.join(text.split())
 
 
 def apply_overrides(cfg, overrides, variant_name):

@@ -134,6 +134,9 @@ class CocoMetric(BaseMetric):
             np.asarray(kpt_oks_sigmas, np.float64)
         self.ann_file = ann_file
         self._coco_api = None
+        # The last evaluation's COCOeval per metric (its per-image matching feeds the
+        # ablation bootstrap, cascade_seg/ablation/stats.py); replaced at every evaluation.
+        self.coco_evals = {}
         if ann_file is not None:
             self._coco_api = _quiet(COCO, ann_file)[0]
 
@@ -235,6 +238,7 @@ class CocoMetric(BaseMetric):
         # Score the images that were actually evaluated (all of them in a full run).
         img_ids = sorted({g['img_id'] for g in gts} & set(coco_gt.getImgIds()))
         metrics = {}
+        self.coco_evals = {}
         for m in self.metrics:
             coco_dt = load_results(coco_gt, coco_results[m])
             coco_eval = COCOeval(coco_gt, coco_dt, m)
@@ -247,6 +251,7 @@ class CocoMetric(BaseMetric):
             _, text = _quiet(lambda: (coco_eval.evaluate(), coco_eval.accumulate(),
                                       coco_eval.summarize()))
             logger.info(f'{m} evaluation:\n{text}')
+            self.coco_evals[m] = coco_eval
 
             for name, idx in _STAT_INDEX[m].items():
                 metrics[f'{m}_{name}'] = float(coco_eval.stats[idx])
