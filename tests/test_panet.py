@@ -378,3 +378,16 @@ def test_panet_ablation_spec_follows_table_3(monkeypatch):
         '+FF': ('PAFPN', 'AFPShared2FCBBoxHead', 'FFMaskHead')}
     # the last row is the shipped synthetic PANet config
     assert cfgs['+FF'].model == _cfg('panet/panet_r18_fpn_synthetic.py').model
+
+
+@pytest.mark.parametrize('spec_name', ['panet.py', 'mask_class_agnostic.py', 'backbone.py'])
+def test_paper_numbers_name_columns_of_the_table(spec_name):
+    """The papers' numbers (``paper=dict(metric=value)``, in %) name metrics of the spec's own
+    table, so a renderer can print them in the matching column."""
+    spec = Config.fromfile(osp.join(ROOT, 'configs', 'ablations', 'specs', spec_name))
+    columns = set(spec.report['columns'])
+    papers = [v['paper'] for v in spec.variants if 'paper' in v]
+    assert len(papers) >= 2
+    for paper in papers:
+        assert paper and set(paper) <= columns, (paper, columns)
+        assert all(0 < value < 100 for value in paper.values())
