@@ -313,7 +313,7 @@ def check_parity(config, ref, cfg_options=None, errors=None, e2e_score_atol=1e-4
     the RoI head on its own proposals (float noise in their coordinates moves the scores)."""
     from mmengine.structures import InstanceData
 
-    from cascade_seg.models.roi_heads.cascade_roi_head import merge_cfg
+    from cascade_seg.models.roi_heads.stage_config import merge_cfg
     from cascade_seg.models.task_utils import boxes_to_rois
     from cascade_seg.utils import convert_mmdet
 
@@ -350,10 +350,11 @@ def check_parity(config, ref, cfg_options=None, errors=None, e2e_score_atol=1e-4
 
     # 3. stage-0 box head on the reference's proposals
     roi_head = model.roi_head
-    sem = roi_head.semantic_head(feats)[1] if roi_head.with_semantic else None
     if 'semantic_feat' in ev:
-        close('semantic feature', sem, ev['semantic_feat'], FEAT_REL)
-    cls0, reg0, _ = roi_head._bbox_forward(0, feats, boxes_to_rois([rp['bboxes']]), sem)
+        close('semantic feature', roi_head.semantic_head(feats)[1], ev['semantic_feat'],
+              FEAT_REL)
+    roi_feats, _ = roi_head.roi_features(feats, [sample])
+    cls0, reg0, _ = roi_head.bbox_forward(0, roi_feats, boxes_to_rois([rp['bboxes']]))
     close('stage-0 cls_score', cls0, ev['stage0_cls_score'], FEAT_REL)
     close('stage-0 bbox_pred', reg0, ev['stage0_bbox_pred'], FEAT_REL)
 

@@ -8,8 +8,9 @@ import torch
 from mmengine.config import Config
 from mmengine.structures import InstanceData, PixelData
 
+from cascade_seg.engine.num_classes import check_num_classes
 from cascade_seg.models.detectors import (CascadeRCNN, HybridTaskCascade, MaskRCNN,
-                                          TwoStageDetector, check_num_classes)
+                                          TwoStageDetector)
 from cascade_seg.registry import MODELS
 from cascade_seg.structures import DetDataSample
 

@@ -346,11 +346,8 @@ def test_panet_synthetic_models_train_and_predict(rel):
     assert 's0.loss_mask' in losses
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=False,
-                   reason='HTC semantic fusion adds a (K, C, S, S) feature to the RoI features; '
-                          'broadcasting it over the level axis of (K, L, C, S, S) is the RoI '
-                          'head restructuring\'s change (cascade_roi_head.py), pending')
 def test_htc_panet_with_semantic_branch_trains_and_predicts():
+    """HTC's semantic feature (K, C, S, S) is added to every level of the AFP RoI features."""
     model = _synthetic_model('panet/htc_panet_r18_fpn_synthetic.py')
     losses = _train_and_predict(model, with_sem=True)
     assert 'loss_semantic_seg' in losses

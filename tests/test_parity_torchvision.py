@@ -141,7 +141,7 @@ def test_torchvision_parity(setup):
         nms_iou=rpn_cfg['nms']['iou_threshold'], class_agnostic_nms=True)
     # box head on torchvision's proposals (float noise in ours would be amplified by the
     # sharpened classifier), torchvision's class layout converted to ours
-    cls, reg, _ = model.roi_head._bbox_forward(0, feats[0], boxes_to_rois([tv_boxes]))
+    cls, reg, _ = model.roi_head.bbox_forward(0, feats[0], boxes_to_rois([tv_boxes]))
     tv_cls, tv_reg = tv_box[0]
     assert_tensor_close('box cls_score', cls, torch.cat([tv_cls[:, 1:], tv_cls[:, :1]], 1),
                         TENSOR_REL)
@@ -181,7 +181,7 @@ def test_torchvision_parity_can_fail(setup):
         for f in undo:
             f()
     feats = wrong.extract_feat(data['inputs'])
-    cls, _, _ = wrong.roi_head._bbox_forward(0, feats, boxes_to_rois([tv_props[0][0][0]]))
+    cls, _, _ = wrong.roi_head.bbox_forward(0, feats, boxes_to_rois([tv_props[0][0][0]]))
     with pytest.raises(AssertionError, match='box cls_score'):
         assert_tensor_close('box cls_score', cls,
                             torch.cat([tv_box[0][0][:, 1:], tv_box[0][0][:, :1]], 1), TENSOR_REL)

@@ -7,6 +7,8 @@ import os.path as osp
 import torch
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401 (DictAction for tools)
 
+from .num_classes import check_num_classes
+
 __all__ = ['load_config', 'apply_amp', 'apply_resume', 'setup_launcher', 'build_runner',
            'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction']
 
@@ -103,17 +105,6 @@ def add_custom_hook(cfg, hook):
     return cfg
 
 
-def check_config_num_classes(cfg):
-    """Run the detector's config-level num_classes check when that helper exists."""
-    if not (cfg.get('model') or {}).get('roi_head'):
-        return  # not a two-stage detector: nothing to check (and no need to import the models)
-    try:
-        from cascade_seg.models.detectors.two_stage import check_num_classes
-    except ImportError:
-        return
-    check_num_classes(cfg)
-
-
 def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False,
                  launcher='none', seed=None, load_from=None):
     """Build an mmengine Runner the way tools/train.py and tools/test.py do.
@@ -134,7 +125,7 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
         apply_amp(cfg)
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
-    check_config_num_classes(cfg)
+    check_num_classes(cfg)
     add_custom_hook(cfg, dict(type='NumClassesCheckHook'))
     setup_launcher(cfg, launcher)
     return Runner.from_cfg(cfg)

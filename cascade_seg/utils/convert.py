@@ -120,9 +120,10 @@ _SINGLE_HEAD = re.compile(r'roi_head\.(%s)\.(?!\d+\.)(.+)' % '|'.join(_STAGED))
 def mmdet_to_cascade(state_dict, single_stage_prefix=True):
     """MMDetection 3.x names -> cascade_seg names.
 
-    Backbone, FPN, RPN, per-stage box/mask heads (``roi_head.bbox_head.{i}``) and HTC's
-    ``roi_head.semantic_head`` already share MMDetection's names. The one difference: a
-    single-stage (StandardRoIHead) ``roi_head.bbox_head.X`` becomes stage 0,
+    Backbone, FPN, per-stage box/mask heads (``roi_head.bbox_head.{i}``) and HTC's
+    ``roi_head.semantic_head`` already share MMDetection's names. The differences: the RPN
+    sits in the detector's proposal-generator slot (``rpn_head.X`` -> ``proposal_generator.X``),
+    and a single-stage (StandardRoIHead) ``roi_head.bbox_head.X`` becomes stage 0,
     ``roi_head.bbox_head.0.X``, when ``single_stage_prefix`` (our CascadeRoIHead keeps one
     module list for any number of stages). Extra keys (``num_batches_tracked`` etc.) are left
     for :func:`align_to_model` to judge against the target model.
@@ -130,7 +131,10 @@ def mmdet_to_cascade(state_dict, single_stage_prefix=True):
     out = OrderedDict()
     for key, value in state_dict.items():
         m = _SINGLE_HEAD.fullmatch(key) if single_stage_prefix else None
-        out[f'roi_head.{m[1]}.0.{m[2]}' if m else key] = value
+        key = f'roi_head.{m[1]}.0.{m[2]}' if m else key
+        if key.startswith('rpn_head.'):
+            key = 'proposal_generator.' + key[len('rpn_head.'):]
+        out[key] = value
     return out
 
 

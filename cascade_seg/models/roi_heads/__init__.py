@@ -1,6 +1,9 @@
-"""RoI heads; importing this package registers them in MODELS."""
+"""RoI heads; importing this package registers them in MODELS (and the task branches in
+TASK_BRANCHES)."""
+from . import level_mapping  # noqa: F401  (registers the level-mapping rules)
 from .bbox_heads import (ConvFCBBoxHead, Shared2FCBBoxHead, Shared4Conv1FCBBoxHead, bbox_targets,
                          postprocess_detections, refine_boxes, regress_by_class)
+from .branches import MaskBranch, TaskBranch
 from .cascade_roi_head import CascadeRoIHead
 from .mask_heads import FCNMaskHead, HTCMaskHead, MLPMaskHead
 from .roi_extractor import SingleRoIExtractor
@@ -12,4 +15,5 @@ from .ff_mask_head import FFMaskHead  # noqa: F401  (PANet)
 
 __all__ = ['SingleRoIExtractor', 'ConvFCBBoxHead', 'Shared2FCBBoxHead', 'Shared4Conv1FCBBoxHead',
            'FCNMaskHead', 'HTCMaskHead', 'MLPMaskHead', 'FusedSemanticHead', 'CascadeRoIHead',
-           'bbox_targets', 'postprocess_detections', 'refine_boxes', 'regress_by_class']
+           'TaskBranch', 'MaskBranch', 'bbox_targets', 'postprocess_detections', 'refine_boxes',
+           'regress_by_class']

@@ -38,11 +38,12 @@ class AllLevelRoIExtractor(SingleRoIExtractor):
 
     Same arguments as :class:`SingleRoIExtractor` (``roi_layer``, ``out_channels``,
     ``featmap_strides``, ``gc_context``); ``finest_scale`` and ``level_mapping`` are accepted
-    and unused, since no level is chosen. ``L = len(featmap_strides)``; level ``l`` of the
-    output is the RoI pooled from ``feats[l]`` at stride ``featmap_strides[l]``.
+    and unused, since no level is chosen, and so is ``forward``'s ``img_shapes``.
+    ``L = len(featmap_strides)``; level ``l`` of the output is the RoI pooled from ``feats[l]``
+    at stride ``featmap_strides[l]``.
     """
 
-    def forward(self, feats, rois, roi_scale_factor=None):
+    def forward(self, feats, rois, roi_scale_factor=None, img_shapes=None):
         feats = feats[:self.num_inputs]
         ref = feats[0]
         if rois.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
