@@ -9,6 +9,10 @@ from .keypoint_head import KeypointRCNNHead
 from .mask_heads import FCNMaskHead, HTCMaskHead, MLPMaskHead
 from .roi_extractor import SingleRoIExtractor
 from .semantic_head import FusedSemanticHead
+from .all_level_roi_extractor import AllLevelRoIExtractor  # noqa: F401  (PANet)
+from .afp_bbox_head import AFPShared2FCBBoxHead  # noqa: F401  (PANet)
+from .afp_mask_head import AFPFCNMaskHead  # noqa: F401  (PANet)
+from .ff_mask_head import FFMaskHead  # noqa: F401  (PANet)
 
 __all__ = ['SingleRoIExtractor', 'ConvFCBBoxHead', 'Shared2FCBBoxHead', 'Shared4Conv1FCBBoxHead',
            'FCNMaskHead', 'HTCMaskHead', 'MLPMaskHead', 'FusedSemanticHead', 'CascadeRoIHead',
