@@ -273,3 +273,18 @@ def test_shipped_specs_resolve_and_every_variant_builds(spec_name, monkeypatch):
         hashes.add(config_hash(cfg, 0))
     # every variant differs from every other one
     assert len(hashes) == len(spec.variants)
+
+
+def test_paper_numbers_reach_the_table():
+    from cascade_seg.ablation import render
+    from cascade_seg.ablation.spec import load_spec
+    spec = load_spec(osp.join(SPEC_DIR, 'panet.py'))
+    assert [v.paper.get('segm_mAP') for v in spec.variants] == [35.7, 36.4, None, 36.9, 37.6]
+    row = dict(status='done', seeds=[0], mean={'segm_mAP': 0.25}, std={'segm_mAP': 0.0})
+    results = dict(report=dict(columns=['segm_mAP']), variants=[
+        dict(row, name='baseline', paper=dict(segm_mAP=35.7)), dict(row, name='+AFP')])
+    table = render(results, 'md', delta=[])
+    header, first, second = [l for l in table.splitlines() if l.startswith('|')][0:4:2] + \
+        [l for l in table.splitlines() if l.startswith('| +AFP')]
+    assert 'paper mask AP' in header and '35.7' in first and second.rstrip().endswith('|  |')
+    assert "the publication's own number" in table

@@ -455,6 +455,8 @@ def summarize(spec, work_dir):
         done = [r for r in recs if r.get('status') == 'done']
         row = dict(name=v.name, config=v.config, overrides=v.overrides,
                    seeds=[r['seed'] for r in done], hashes=sorted({r.get('hash') for r in recs}))
+        if v.paper:
+            row['paper'] = dict(v.paper)
         row['runs'] = [_run_entry(v, r) for r in recs]
         if not done:
             errors = [r.get('error') for r in recs if r.get('status') == 'failed']

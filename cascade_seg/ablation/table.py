@@ -220,8 +220,10 @@ def table_rows(results, columns=None, baseline=None, delta=None):
     by_key = {(n['variant'], n['metric']): n for n in numbers}
     level = int(round(100 * ((results.get('statistics') or {}).get('settings') or {})
                       .get('level', 0.95)))
+    paper = paper_columns(results)
     header = (['variant'] + [HEADERS.get(c, c) for c in columns]
-              + [f'Δ {HEADERS.get(c, c)} [{level}% CI]' for c in delta if baseline])
+              + [f'Δ {HEADERS.get(c, c)} [{level}% CI]' for c in delta if baseline]
+              + [f'paper {HEADERS.get(c, c)}' for c in paper])
     width = len(header) - 1
     body = []
     for r in results['variants']:
@@ -235,8 +237,19 @@ def table_rows(results, columns=None, baseline=None, delta=None):
         cells += [_value_cell(by_key[(r['name'], c)]) for c in columns]
         if baseline:
             cells += [_delta_cell(by_key[(r['name'], c)]) for c in delta]
+        cells += [_paper_cell(r, c) for c in paper]
         body.append(cells)
     return header, body
+
+
+def paper_columns(results):
+    """Metrics for which some variant carries a published number (``paper`` in the spec)."""
+    return list(dict.fromkeys(k for r in results['variants'] for k in (r.get('paper') or {})))
+
+
+def _paper_cell(row, metric):
+    value = (row.get('paper') or {}).get(metric)
+    return '' if value is None else f'{value:.1f}'
 
 
 def _plural(n, word):
@@ -292,6 +305,9 @@ def footnote(results, baseline=None):
         parts.append('AP in %; ' + ('± = std over seeds; ' if multi else '')
                      + 'no per-image evaluation data stored: no intervals (rerun the spec '
                        'with this version of tools/ablate.py).')
+    if paper_columns(results):
+        parts.append("paper: the publication's own number (COCO, its backbone and schedule), "
+                     'shown for the ordering of the rows, not for their values.')
     if stats.get('notes'):
         parts.append('Not paired: ' + '; '.join(f'{k}: {v}' for k, v in stats['notes'].items())
                      + '.')

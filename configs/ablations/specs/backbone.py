@@ -16,3 +16,4 @@ run = dict(train=True, test=True, speed=['inference'])
 speed = dict(img_size=128, threads=2, warmup=1, runs=3)
 report = dict(baseline='R-50-FPN', columns=['bbox_mAP', 'segm_mAP', 'segm_mAP_50', 'segm_mAP_75',
                                             'inference.s_per_img', 'params'])
+protocol = 'Synthetic Mask R-CNN from scratch; only the backbone depth differs'

@@ -11,3 +11,4 @@ seeds = [0]
 run = dict(train=True, test=True, speed=[])
 report = dict(baseline='class-specific', columns=['segm_mAP', 'segm_mAP_50', 'segm_mAP_75',
                                                   'params'])
+protocol = 'Synthetic Mask R-CNN (R18-FPN CPU config) from scratch; only the mask predictor differs'

@@ -32,3 +32,5 @@ run = dict(train=True, test=True, speed=['inference'])
 speed = dict(img_size=128, threads=2, warmup=1, runs=3)
 report = dict(baseline='baseline', columns=['bbox_mAP', 'segm_mAP', 'segm_mAP_50', 'segm_mAP_75',
                                             'inference.s_per_img', 'params'])
+protocol = ("PANet's Table 3 steps on the synthetic Mask R-CNN (R18-FPN CPU config) from "
+            'scratch; only the named parts differ')
