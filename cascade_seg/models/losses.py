@@ -9,12 +9,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss
+from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 
 from cascade_seg.registry import MODELS
 
 __all__ = [
     'weight_reduce_loss', 'cross_entropy', 'binary_cross_entropy', 'smooth_l1_loss', 'l1_loss',
-    'mask_bce_loss', 'mask_softmax_loss', 'accuracy', 'CrossEntropyLoss', 'SmoothL1Loss', 'L1Loss'
+    'mask_bce_loss', 'mask_softmax_loss', 'accuracy', 'CrossEntropyLoss', 'SmoothL1Loss', 'L1Loss',
+    'sigmoid_focal_loss', 'giou_loss', 'FocalLoss', 'GIoULoss'
 ]
 
 _EPS = torch.finfo(torch.float32).eps
@@ -292,3 +295,81 @@ class L1Loss(_RegressionLoss):
 
     def loss(self, pred, target, weight, reduction, avg_factor):
         return l1_loss(pred, target, weight, reduction, avg_factor)
+
+
+# ----------------------------------------------------------------------------- dense detectors
+# Focal and GIoU losses of one-stage heads (FCOS); the element-wise terms are torchvision's.
+
+def sigmoid_focal_loss(logits: Tensor,
+                       targets: Tensor,
+                       weight: Optional[Tensor] = None,
+                       alpha: float = 0.25,
+                       gamma: float = 2.0,
+                       reduction: str = 'mean',
+                       avg_factor: Optional[float] = None) -> Tensor:
+    """Focal loss (RetinaNet) on ``(N, C)`` sigmoid logits.
+
+    ``targets``: ``(N, C)`` 0/1, or ``(N,)`` integer labels where ``C`` (or any label outside
+    ``[0, C)``) means background, i.e. an all-zero row. ``weight``: per row ``(N,)`` or per
+    element ``(N, C)``."""
+    logits = logits.float()
+    if targets.dim() != logits.dim():
+        onehot = torch.zeros_like(logits)
+        rows = torch.nonzero((targets >= 0) & (targets < logits.size(-1))).flatten()
+        onehot[rows, targets[rows].long()] = 1
+        targets = onehot
+    loss = _tv_sigmoid_focal_loss(logits, targets.float(), alpha=alpha, gamma=gamma,
+                                  reduction='none')
+    if weight is not None and weight.dim() == 1:
+        weight = weight[:, None]
+    return weight_reduce_loss(loss, None if weight is None else weight.float(), reduction,
+                              avg_factor)
+
+
+def giou_loss(pred: Tensor,
+              target: Tensor,
+              weight: Optional[Tensor] = None,
+              reduction: str = 'mean',
+              avg_factor: Optional[float] = None,
+              eps: float = 1e-6) -> Tensor:
+    """``1 - GIoU`` of ``(N, 4)`` xyxy boxes, one value per box; ``weight`` is ``(N,)``."""
+    if target.numel() == 0:
+        return pred.sum() * 0
+    loss = generalized_box_iou_loss(pred.float(), target.float(), reduction='none', eps=eps)
+    return weight_reduce_loss(loss, None if weight is None else weight.float(), reduction,
+                              avg_factor)
+
+
+@MODELS.register_module()
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss with MMDetection's config keys; ``forward(logits, labels_or_targets,
+    weight=None, avg_factor=None)`` (see :func:`sigmoid_focal_loss`)."""
+
+    def __init__(self,
+                 use_sigmoid: bool = True,
+                 gamma: float = 2.0,
+                 alpha: float = 0.25,
+                 reduction: str = 'mean',
+                 loss_weight: float = 1.0):
+        super().__init__()
+        if not use_sigmoid:
+            raise NotImplementedError('only the sigmoid focal loss is supported')
+        self.gamma, self.alpha = gamma, alpha
+        self.reduction, self.loss_weight = reduction, loss_weight
+
+    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
+        reduction = reduction_override or self.reduction
+        return self.loss_weight * sigmoid_focal_loss(pred, target, weight, self.alpha,
+                                                     self.gamma, reduction, avg_factor)
+
+
+@MODELS.register_module()
+class GIoULoss(_RegressionLoss):
+    """``1 - GIoU`` between predicted and target xyxy boxes (torchvision's formula)."""
+
+    def __init__(self, eps: float = 1e-6, reduction: str = 'mean', loss_weight: float = 1.0):
+        super().__init__(reduction, loss_weight)
+        self.eps = eps
+
+    def loss(self, pred, target, weight, reduction, avg_factor):
+        return giou_loss(pred, target, weight, reduction, avg_factor, self.eps)
