@@ -1,5 +1,6 @@
 from .generalized_rcnn import (CascadeRCNN, GeneralizedRCNN, HybridTaskCascade,  # noqa: F401
                                KeypointRCNN, MaskRCNN, TwoStageDetector)
+from .single_stage import FCOS, SingleStageDetector
 
 __all__ = ['GeneralizedRCNN', 'TwoStageDetector', 'MaskRCNN', 'CascadeRCNN', 'HybridTaskCascade',
-           'KeypointRCNN']
+           'KeypointRCNN', 'SingleStageDetector', 'FCOS']
