@@ -48,7 +48,8 @@ def test_config_loads_and_model_builds(path):
     check_num_classes(cfg)  # every shipped config is consistent with its dataset
     with torch.device('meta'):  # build only (no memory, no init; the models run elsewhere)
         model = MODELS.build(cfg.model)
-    assert model.roi_head.num_stages == cfg.model.roi_head.num_stages
+    if 'roi_head' in cfg.model:  # one-stage detectors (FCOS) have a bbox_head instead
+        assert model.roi_head.num_stages == cfg.model.roi_head.num_stages
     assert type(model).__name__ == cfg.model.type
 
 
