@@ -57,7 +57,8 @@ class CascadeRoIHead(nn.Module):
             per stage); ``bbox_head=None`` with ``num_stages=0``.
         {task}_roi_extractor, {task}_head, {task}_stages, {task}_<option>: a task branch
             registered in ``TASK_BRANCHES`` (``mask``, ``keypoint``, ...); it exists when
-            ``{task}_head`` is set. A branch without its own extractor uses the box extractor.
+            ``{task}_head`` is set. A branch without its own extractor uses the box extractor;
+            ``{task}_roi_extractor='mask'`` (a task name) pools with that branch's extractor.
         share_roi_extractor: branches pool with the box extractor of each stage.
         share_stage_extractors: one extractor module per task for all stages (default: one
             per stage, so a parametric extractor is never shared by accident).
@@ -119,6 +120,7 @@ class CascadeRoIHead(nn.Module):
 
         # Task branches, each registered as the module `{task}_head`.
         self.branch_names = []
+        self.extractor_alias = {}   # task -> the task whose extractors it pools with
         for task in sorted(tasks, key=lambda t: TASK_BRANCHES.get(t).order):
             head_cfgs = [c.get(f'{task}_head') for c in cfgs]
             if not any(head_cfgs):
@@ -128,6 +130,9 @@ class CascadeRoIHead(nn.Module):
             self.add_module(f'{task}_head', branch)
             self.branch_names.append(task)
             extractor_cfgs = [c.get(f'{task}_roi_extractor') for c in cfgs]
+            if any(isinstance(e, str) for e in extractor_cfgs):
+                self.extractor_alias[task] = self._extractor_source(task, extractor_cfgs)
+                continue
             if not (share_roi_extractor or all(e is None for e in extractor_cfgs)):
                 stages = sorted(set(branch.stages) | set(branch.test_stages))
                 self.add_module(f'{task}_roi_extractor', self._build_extractors(
@@ -198,6 +203,18 @@ class CascadeRoIHead(nn.Module):
             return nn.ModuleDict({'shared': MODELS.build(cfgs[0])})
         return nn.ModuleDict({str(t): MODELS.build(c) for t, c in zip(stages, cfgs)})
 
+    def _extractor_source(self, task, cfgs):
+        """``{task}_roi_extractor='<task>'``: the branch pools with the extractor modules of
+        ``'bbox'`` or of a branch built before it (a lower ``order``), getting the very same
+        RoI features (context included) without pooling them again."""
+        source = cfgs[0]
+        if any(c != source for c in cfgs) or not (source == 'bbox' or
+                                                  source in self.branch_names):
+            raise ValueError(f'{task}_roi_extractor={source!r} must name, at every stage, '
+                             "'bbox' or a branch built before this one "
+                             f'(built so far: {self.branch_names})')
+        return source
+
     def _stage_train_cfgs(self, train_cfg):
         if isinstance(train_cfg, (list, tuple)):  # MMDetection's per-stage list
             return stage_cfgs(list(train_cfg), None, self.num_sample_stages)
@@ -224,6 +241,7 @@ class CascadeRoIHead(nn.Module):
 
     def extractor(self, task, stage):
         """The RoI extractor module of ``task`` ('bbox' or a branch) at ``stage``."""
+        task = self.extractor_alias.get(task, task)
         extractors = getattr(self, f'{task}_roi_extractor', None)
         if extractors is None:  # the branch shares the box extractor
             extractors = self.bbox_roi_extractor
@@ -331,7 +349,8 @@ class CascadeRoIHead(nn.Module):
                     pooled[extractor] = raw_box_feats[is_pos]
                 else:
                     pooled[extractor] = feats.raw(extractor, pos_rois)
-            roi_feats = feats.with_context(pooled[extractor], pos_rois, branch.task)
+            roi_feats = feats.with_context(pooled[extractor], pos_rois,
+                                           self.extractor_alias.get(branch.task, branch.task))
             losses.update(branch.loss(t, roi_feats, samples, gts, shared))
         return losses
 
@@ -434,20 +453,27 @@ class CascadeRoIHead(nn.Module):
     def _pool_fn(self, feats, task, rois):
         # Every stage of a branch pools the same detections; a stage whose extractor module
         # already pooled them reuses its output.
-        return lambda stage: feats.pool(self.extractor(task, stage), rois, task, cached=True)
+        source = self.extractor_alias.get(task, task)
+        return lambda stage: feats.pool(self.extractor(task, stage), rois, source, cached=True)
 
     def forward(self, x, rpn_results_list, batch_data_samples):
         """Raw outputs over all proposals (``mode='tensor'``): averaged cls logits, last-stage
         box deltas, refined RoIs and each branch's raw per-RoI output (e.g. mask
-        probabilities), for the top-scoring class of each RoI."""
+        probabilities), for the top-scoring class of each RoI. With 0 box stages: the RoIs of
+        the given detections and each branch's output for their labels."""
         feats, _ = self.roi_features(x, batch_data_samples)
         metas = [s.metainfo for s in batch_data_samples]
         proposals = [r.bboxes for r in rpn_results_list]
-        cls_score, bbox_pred, rois = self._refine_rois(
-            feats, boxes_to_rois(proposals), [len(p) for p in proposals],
-            [m['img_shape'] for m in metas])
-        outs = (cls_score, bbox_pred, rois)
-        labels = cls_score[:, :-1].argmax(1)
+        if self.num_stages:
+            cls_score, bbox_pred, rois = self._refine_rois(
+                feats, boxes_to_rois(proposals), [len(p) for p in proposals],
+                [m['img_shape'] for m in metas])
+            outs = (cls_score, bbox_pred, rois)
+            labels = cls_score[:, :-1].argmax(1)
+        else:  # given detections: their boxes and labels
+            rois = boxes_to_rois(proposals)
+            labels = torch.cat([r.labels for r in rpn_results_list])
+            outs = (rois, )
         shared = {}
         for branch in self.branches:
             outs += (branch.predict(self._pool_fn(feats, branch.task, rois), rois, labels,
