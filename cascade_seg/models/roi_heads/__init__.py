@@ -13,6 +13,8 @@ from .all_level_roi_extractor import AllLevelRoIExtractor  # noqa: F401  (PANet)
 from .afp_bbox_head import AFPShared2FCBBoxHead  # noqa: F401  (PANet)
 from .afp_mask_head import AFPFCNMaskHead  # noqa: F401  (PANet)
 from .ff_mask_head import FFMaskHead  # noqa: F401  (PANet)
+from .sag_mask_head import SAGMaskHead  # noqa: F401  (CenterMask)
+from .maskiou_head import MaskIoUHead  # noqa: F401  (CenterMask, Mask Scoring R-CNN)
 
 __all__ = ['SingleRoIExtractor', 'ConvFCBBoxHead', 'Shared2FCBBoxHead', 'Shared4Conv1FCBBoxHead',
            'FCNMaskHead', 'HTCMaskHead', 'MLPMaskHead', 'FusedSemanticHead', 'CascadeRoIHead',

@@ -2,5 +2,6 @@
 from .base import TaskBranch, resolve_stages
 from .keypoint_branch import KeypointBranch
 from .mask_branch import MaskBranch
+from .maskiou_branch import MaskIoUBranch
 
-__all__ = ['TaskBranch', 'resolve_stages', 'MaskBranch', 'KeypointBranch']
+__all__ = ['TaskBranch', 'resolve_stages', 'MaskBranch', 'KeypointBranch', 'MaskIoUBranch']
