@@ -1,11 +1,13 @@
 """Config -> mmengine Runner: the one path shared by tools/train.py, tools/test.py and ablations."""
 import copy
 import json
+import logging
 import os
 import os.path as osp
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401 (DictAction for tools)
+from mmengine.logging import print_log
 
 __all__ = ['load_config', 'apply_amp', 'apply_resume', 'setup_launcher', 'build_runner',
            'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction']
@@ -46,13 +48,50 @@ def apply_amp(cfg, device=None):
     return cfg
 
 
+def _resume_warning(msg):
+    print_log(msg, logger='current', level=logging.WARNING)
+
+
 def apply_resume(cfg, resume):
-    """``None``/``False``: leave the config; ``True``/``'auto'``: latest checkpoint in
-    the work dir; a path: resume from that checkpoint."""
+    """Decide the checkpoint a run resumes from.
+
+    ``None``/``False``: leave the config (``resume=True`` without ``load_from`` in
+    the config means ``'auto'``). ``True``/``'auto'``: the newest complete
+    checkpoint in ``cfg.work_dir`` (``last_checkpoint`` first, see
+    ``find_resume_checkpoint``); with none, a warning and a fresh start. A path:
+    that checkpoint, and an error when it is missing or incomplete.
+
+    When the config fixes no seed, the run takes the checkpoint's, so that the
+    data order and worker seeds match the interrupted run.
+    """
+    from .checkpoint import checkpoint_problem, find_resume_checkpoint, load_checkpoint_file
     if resume in (None, False):
-        return cfg
-    cfg.resume = True
-    cfg.load_from = None if resume in (True, 'auto') else resume
+        if not (cfg.get('resume') and not cfg.get('load_from')):
+            return cfg
+        resume = 'auto'
+    if resume in (True, 'auto'):
+        work_dir = cfg.get('work_dir')
+        path, notes = find_resume_checkpoint(work_dir)
+        if path is None:
+            cfg.resume, cfg.load_from = False, None
+            _resume_warning(f'--resume: there is no checkpoint to resume from in {work_dir} '
+                            f'({"; ".join(notes)}): training starts from scratch')
+            return cfg
+        if notes:
+            _resume_warning(f'--resume: {"; ".join(notes)}; resuming from {path}, the newest '
+                            'complete checkpoint')
+    else:
+        path = resume
+        problem = checkpoint_problem(path)
+        if problem == 'no such file':
+            raise FileNotFoundError(f'--resume {path}: no such checkpoint file')
+        if problem is not None:
+            raise ValueError(f'--resume {path}: not a complete checkpoint ({problem})')
+    cfg.resume, cfg.load_from = True, path
+    if (cfg.get('randomness') or {}).get('seed') is None:
+        meta = load_checkpoint_file(path, check_finite=False, mmap=True).get('meta') or {}
+        if meta.get('seed') is not None:
+            cfg.randomness = dict(cfg.get('randomness') or {}, seed=meta['seed'])
     return cfg
 
 
@@ -120,7 +159,8 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
 
     ``config`` is a path or a Config (not modified). ``work_dir`` defaults to the
     config's, else ``work_dirs/<config stem>``; ``resume`` is None, ``'auto'`` or a
-    checkpoint path; ``load_from`` loads weights without resuming (testing).
+    checkpoint path (see :func:`apply_resume`); ``load_from`` loads weights without
+    resuming (testing).
     """
     import cascade_seg.engine  # noqa: F401  (safe-globals allow-list, hooks)
     from mmengine.runner import Runner
