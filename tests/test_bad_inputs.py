@@ -1,0 +1,220 @@
+"""A corpus of bad inputs (issue 13), generated here, with the verdict for each.
+
+Each case asserts the exact outcome: the error names the file and the annotation, image
+or config key; or, under on_bad_annotation='skip', the dataset logs the dropped items and
+their count, CocoMetric logs that it scores the same ground truth, and perfect predictions
+of what the dataset kept score AP 1.0 (they did not before: the metric read the raw file).
+The annotation corpus edits the foreign COCO dataset of conftest.py.
+"""
+import os
+import os.path as osp
+import re
+import types
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.structures import InstanceData
+
+import cascade_seg.datasets.coco as coco_module
+import cascade_seg.engine  # noqa: F401  (safe loader, hooks)
+import cascade_seg.evaluation.coco_metric as metric_module
+from cascade_seg.datasets import CocoDataset
+from cascade_seg.engine.hooks import SavePredictionImagesHook
+from cascade_seg.evaluation import CocoMetric
+from cascade_seg.structures import DetDataSample
+
+torch.set_num_threads(1)
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TEST_PIPELINE = [dict(type='LoadImageFromFile'),
+                 dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+                 dict(type='PackDetInputs')]
+
+
+def _ann(coco, ann_id):
+    return next(a for a in coco['annotations'] if a['id'] == ann_id)
+
+
+def _set(ann_id, **fields):
+    return lambda coco: _ann(coco, ann_id).update(fields)
+
+
+def _image(coco, img_id):
+    return next(i for i in coco['images'] if i['id'] == img_id)
+
+
+# name: (edit of the foreign COCO dict, what the message must contain, dropped annotation ids,
+#        dropped images). Images: 13 deep.png (40x32, annotation 105), 14 sub/dir/img.png
+#        (annotation 106).
+CORPUS = {
+    # item 4: dropped by the dataset, but the metric used to keep them (AP < 1, or a crash
+    # inside pycocotools for the two segmentation cases)
+    'degenerate bbox': (_set(105, bbox=[5, 5, 0, 10]),
+                        ["bad annotation id 105 of image 'deep.png'", 'degenerate bbox'],
+                        [105], []),
+    'polygon with 2 points': (_set(105, segmentation=[[5, 5, 25, 20]]),
+                              ["bad annotation id 105 of image 'deep.png'",
+                               'polygon with fewer than 3 points (4 coordinates)'], [105], []),
+    'empty segmentation': (_set(105, segmentation=[]),
+                           ["bad annotation id 105 of image 'deep.png'", 'empty segmentation'],
+                           [105], []),
+    # item 6: the box used to be clipped to nothing and the loss went NaN
+    'bbox outside the image': (_set(105, bbox=[50, 5, 10, 10]),
+                               ["bad annotation id 105 of image 'deep.png'",
+                                'bbox [50, 5, 10, 10] lies entirely outside the image (40x32'],
+                               [105], []),
+    # item 5: silently replaced an object / dropped without a word / moved annotations
+    'duplicate annotation id': (_set(106, id=105),
+                                ["annotation id 105 is used again (image 'sub/dir/img.png'; "
+                                 "first used for image 'deep.png')"], [105], []),
+    'unknown image_id': (_set(106, image_id=999),
+                         ['annotation id 106 refers to image_id 999, which is not in "images"'],
+                         [106], []),
+    'duplicate image id': (lambda c: (_image(c, 14).update(id=13), _set(106, image_id=13)(c)),
+                           ["image id 13 is used by 2 images ('deep.png', 'sub/dir/img.png')"],
+                           [105, 106], ['deep.png', 'sub/dir/img.png']),
+}
+
+
+def make_dataset(foreign_coco, ann_file, **kwargs):
+    return CocoDataset(data_root=str(foreign_coco.root), ann_file=str(ann_file),
+                       data_prefix=dict(img='images/'), pipeline=TEST_PIPELINE,
+                       test_mode=True, **kwargs)
+
+
+def capture_logs(monkeypatch):
+    logged = []
+    for module in (coco_module, metric_module):
+        monkeypatch.setattr(module, 'print_log', lambda msg, **kw: logged.append((msg, kw)))
+    return logged
+
+
+@pytest.mark.parametrize('case', sorted(CORPUS))
+def test_error_mode_names_file_and_ids(foreign_coco, write_coco_variant, case):
+    edit, expected, _, _ = CORPUS[case]
+    path = write_coco_variant(edit)
+    with pytest.raises(ValueError) as err:
+        make_dataset(foreign_coco, path)
+    msg = str(err.value)
+    assert msg.startswith(f'{path}: ') and "on_bad_annotation='skip'" in msg
+    for text in expected:
+        assert text in msg
+    # the metric on its own (no dataset telling it to skip) refuses the file the same way,
+    # when it is set up -- not after an evaluation
+    metric = CocoMetric(ann_file=str(path), metric=['bbox', 'segm'])
+    with pytest.raises(ValueError, match=re.escape(expected[0])):
+        metric.dataset_meta = dict(classes=('person', 'cat', 'toothbrush'))
+
+
+@pytest.mark.parametrize('case', sorted(CORPUS))
+def test_skip_mode_logs_count_and_metric_scores_what_the_dataset_kept(
+        foreign_coco, write_coco_variant, monkeypatch, case):
+    edit, expected, dropped_anns, dropped_imgs = CORPUS[case]
+    path = write_coco_variant(edit)
+    logged = capture_logs(monkeypatch)
+    dataset = make_dataset(foreign_coco, path, on_bad_annotation='skip')
+    assert sorted(dataset.dropped['annotations']) == dropped_anns
+    assert dataset.dropped['images'] == dropped_imgs
+    assert len(dataset) == 7 - len(dropped_imgs)
+    item, summary = [m for m, _ in logged]
+    assert item.startswith(f'{path}: ') and item.endswith(' -- skipped')
+    for text in expected:
+        assert text in item
+    n = len(dropped_anns)
+    images = f' and {len(dropped_imgs)} images' if dropped_imgs else ''
+    assert summary.startswith(f"{path}: on_bad_annotation='skip' dropped {n} annotations{images} (")
+    assert all(kw['level'] >= 30 for _, kw in logged)
+
+    logged.clear()
+    metric = CocoMetric(ann_file=str(path), metric=['bbox', 'segm'])
+    metric.dataset_meta = dataset.metainfo  # carries on_bad_annotation='skip'
+    (msg, kw), = logged
+    assert msg == 'CocoMetric evaluates the ground truth the dataset kept: ' + summary
+    kept_gt = len(metric._ground_truth().dataset['annotations'])
+    assert kept_gt == sum(1 for a in foreign_coco.coco['annotations']) - n
+    num_instances = 0
+    for i in range(len(dataset)):
+        sample = dataset[i]['data_samples']
+        gt = sample.gt_instances
+        num_instances += len(gt) + len(sample.ignored_instances)
+        sample.pred_instances = InstanceData(bboxes=gt.bboxes, labels=gt.labels,
+                                             scores=torch.ones(len(gt)), masks=gt.masks)
+        metric.process({}, [sample])
+    assert num_instances == kept_gt  # the dataset and the metric hold the same ground truth
+    res = metric.evaluate(len(dataset))
+    assert res['coco/bbox_mAP'] == pytest.approx(1.0)
+    assert res['coco/segm_mAP'] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ item 7: paths
+@pytest.mark.parametrize('kind', ['parent', 'absolute'])
+def test_file_name_outside_the_image_folder_is_refused(foreign_coco, write_coco_variant, kind):
+    outside = foreign_coco.root / 'outside.png'
+    cv2.imwrite(str(outside), np.zeros((32, 40, 3), np.uint8))
+    name = '../outside.png' if kind == 'parent' else str(outside)
+    path = write_coco_variant(lambda c: _image(c, 13).update(file_name=name))
+    for mode in ('error', 'skip'):
+        with pytest.raises(ValueError) as err:
+            make_dataset(foreign_coco, path, on_bad_annotation=mode)
+        msg = str(err.value)
+        why = 'leads out of the image folder' if kind == 'parent' else 'is an absolute path'
+        assert msg.startswith(f'{path}: image id 13: file_name {name!r} {why}')
+        assert 'allow_external_files=True' in msg
+    allowed = make_dataset(foreign_coco, path, allow_external_files=True)
+    info = next(allowed.get_data_info(i) for i in range(len(allowed))
+                if allowed.get_data_info(i)['img_id'] == 13)
+    assert osp.realpath(info['img_path']) == osp.realpath(outside)
+    assert allowed[[allowed.get_data_info(i)['img_id'] for i in range(7)].index(13)][
+        'inputs'].shape[1:] == (32, 40)
+
+
+def test_show_dir_keeps_the_path_below_the_image_folder(tmp_path):
+    img_dir = tmp_path / 'images'
+    for sub in ('a', 'b'):
+        (img_dir / sub).mkdir(parents=True)
+        cv2.imwrite(str(img_dir / sub / 'x.png'), np.full((20, 20, 3), 50, np.uint8))
+    outside = tmp_path / 'y.png'
+    cv2.imwrite(str(outside), np.zeros((20, 20, 3), np.uint8))
+    dataset = types.SimpleNamespace(data_prefix=dict(img=str(img_dir) + '/'), metainfo={})
+    runner = types.SimpleNamespace(model=torch.nn.Module(),
+                                   test_dataloader=types.SimpleNamespace(dataset=dataset))
+    samples = []
+    for path in (img_dir / 'a' / 'x.png', img_dir / 'b' / 'x.png', outside):
+        sample = DetDataSample(metainfo=dict(img_path=str(path)))
+        sample.pred_instances = InstanceData(bboxes=torch.zeros(0, 4), scores=torch.zeros(0),
+                                             labels=torch.zeros(0, dtype=torch.long))
+        samples.append(sample)
+    out = tmp_path / 'show'
+    SavePredictionImagesHook(str(out)).after_test_iter(runner, 0, outputs=samples)
+    written = sorted(osp.relpath(osp.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
+    assert written == ['a/x.png', 'b/x.png', 'y.png']
+
+
+# ------------------------------------------------------------------ item 10: unreadable input
+TRUNCATED = '{"images": [{"id": 1, "file_name": "a.png", "height": 4, "width":'
+
+
+@pytest.mark.parametrize('content, expected', [
+    ('', 'the annotation file is empty (0 bytes)'),
+    (TRUNCATED, f'invalid JSON at line 1, column {len(TRUNCATED) + 1} (byte {len(TRUNCATED)} of '
+                f'{len(TRUNCATED)}): Expecting value (it ends there: the file looks truncated)'),
+])
+def test_empty_or_truncated_json_names_the_file(foreign_coco, tmp_path, content, expected):
+    path = tmp_path / 'broken.json'
+    path.write_text(content)
+    with pytest.raises(ValueError) as err:
+        make_dataset(foreign_coco, path)
+    assert str(err.value) == f'{path}: {expected}'
+    with pytest.raises(ValueError) as err:
+        CocoMetric(ann_file=str(path))
+    assert str(err.value) == f'{path}: {expected}'
+
+
+def test_zero_byte_image_names_the_path(foreign_coco):
+    (foreign_coco.img_dir / 'deep.png').write_bytes(b'')
+    dataset = make_dataset(foreign_coco, foreign_coco.ann_file)
+    idx = next(i for i in range(len(dataset)) if dataset.get_data_info(i)['img_id'] == 13)
+    with pytest.raises(ValueError) as err:
+        dataset[idx]
+    assert str(err.value) == f'{foreign_coco.img_dir}/deep.png: the image file is empty (0 bytes)'
