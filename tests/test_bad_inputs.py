@@ -27,6 +27,7 @@ from cascade_seg.structures import DetDataSample
 
 torch.set_num_threads(1)
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = osp.join(REPO, 'configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py')
 TEST_PIPELINE = [dict(type='LoadImageFromFile'),
                  dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
                  dict(type='PackDetInputs')]
@@ -218,3 +219,60 @@ def test_zero_byte_image_names_the_path(foreign_coco):
     with pytest.raises(ValueError) as err:
         dataset[idx]
     assert str(err.value) == f'{foreign_coco.img_dir}/deep.png: the image file is empty (0 bytes)'
+
+
+# ------------------------------------------------------------------ item 9: arrays
+@pytest.fixture(scope='module')
+def model():
+    from cascade_seg.apis import init_detector
+    torch.manual_seed(0)
+    return init_detector(CONFIG, cfg_options={'model.test_cfg.rcnn.score_thr': 0.0,
+                                              'model.test_cfg.rcnn.max_per_img': 20})
+
+
+def _same(a, b):
+    pa, pb = a.pred_instances, b.pred_instances
+    assert len(pa) == len(pb) > 0
+    assert torch.allclose(pa.bboxes, pb.bboxes) and torch.allclose(pa.scores, pb.scores)
+
+
+def test_arrays_are_converted_like_files(model, tmp_path):
+    from cascade_seg.apis import inference_detector
+    rng = np.random.RandomState(0)
+    img = rng.randint(0, 256, (40, 56, 3)).astype(np.uint8)
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    files = {'deep.png': (img.astype(np.uint16) * 257 + rng.randint(0, 200, img.shape)).astype(np.uint16),
+             'gray.png': gray, 'bgra.png': np.dstack([img, np.full(gray.shape, 7, np.uint8)])}
+    for name, pixels in files.items():
+        assert cv2.imwrite(str(tmp_path / name), pixels.astype(pixels.dtype))
+    path = {n: str(tmp_path / n) for n in files}
+    # 16-bit: the same image as a 16-bit PNG path
+    _same(inference_detector(model, files['deep.png'].astype(np.uint16)),
+          inference_detector(model, path['deep.png']))
+    _same(inference_detector(model, gray), inference_detector(model, path['gray.png']))
+    _same(inference_detector(model, gray[..., None]), inference_detector(model, path['gray.png']))
+    _same(inference_detector(model, files['bgra.png']), inference_detector(model, path['bgra.png']))
+    reference = inference_detector(model, img)
+    _same(inference_detector(model, img.astype(np.float32)), reference)  # 0..255 floats
+    _same(inference_detector(model, img.astype(np.int64)), reference)
+
+
+@pytest.mark.parametrize('array, message', [
+    (np.zeros((0, 0, 3), np.uint8), 'image array (input 0) is empty (shape (0, 0, 3))'),
+    (np.zeros((8, 0), np.uint8), 'image array (input 0) is empty (shape (8, 0))'),
+    (np.zeros((8, 8, 2), np.uint8), 'image array (input 0) has 2 channels (shape (8, 8, 2)): '
+                                    'expected 1 (gray), 3 (BGR) or 4 (BGRA)'),
+    (np.zeros((2, 8, 8, 3), np.uint8), 'image array (input 0) has shape (2, 8, 8, 3): '
+                                       'expected (H, W) or (H, W, C)'),
+    (np.full((8, 8, 3), 0.5, np.float32), 'image array (input 0) (float32) has values in '
+                                          '[0.5, 0.5]: this looks like a [0, 1] image'),
+    (np.full((8, 8, 3), np.nan, np.float64), 'image array (input 0) (float64) holds NaN or Inf'),
+    (np.full((8, 8, 3), 300, np.int32), 'image array (input 0) (int32) has values in [300, 300]: '
+                                        'expected 0..255'),
+    (np.ones((8, 8, 3), bool), 'image array (input 0) has dtype bool'),
+])
+def test_arrays_that_are_no_image_are_refused(model, array, message):
+    from cascade_seg.apis import inference_detector
+    with pytest.raises(ValueError) as err:
+        inference_detector(model, array)
+    assert str(err.value).startswith(message)
