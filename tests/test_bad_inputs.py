@@ -19,6 +19,7 @@ from mmengine.structures import InstanceData
 
 import cascade_seg.datasets.coco as coco_module
 import cascade_seg.engine  # noqa: F401  (safe loader, hooks)
+import cascade_seg.engine.runner_utils as runner_utils
 import cascade_seg.evaluation.coco_metric as metric_module
 from cascade_seg.datasets import CocoDataset
 from cascade_seg.engine.hooks import SavePredictionImagesHook
@@ -219,6 +220,47 @@ def test_zero_byte_image_names_the_path(foreign_coco):
     with pytest.raises(ValueError) as err:
         dataset[idx]
     assert str(err.value) == f'{foreign_coco.img_dir}/deep.png: the image file is empty (0 bytes)'
+
+
+def test_wrongly_typed_option_names_the_key():
+    with pytest.raises(ValueError) as err:
+        runner_utils.load_config(CONFIG, {'train_cfg.max_epochs': 'two'})
+    assert str(err.value) == ("--cfg-options train_cfg.max_epochs=two: train_cfg.max_epochs must "
+                              "be an integer (the config has 12), got the text 'two'")
+    # a key the config does not have yet is checked by type after merging
+    cfg = runner_utils.load_config(CONFIG, {'train_cfg': dict(type='IterBasedTrainLoop',
+                                                              max_iters='two')})
+    with pytest.raises(ValueError) as err:
+        runner_utils.check_config_types(cfg)
+    assert str(err.value) == "train_cfg.max_iters must be an integer, got 'two' (str)"
+    cfg = runner_utils.load_config(CONFIG)
+    cfg.optim_wrapper.optimizer.lr = '1e-3x'  # written so in a config file
+    with pytest.raises(ValueError) as err:
+        runner_utils.check_config_types(cfg)
+    assert str(err.value) == "optim_wrapper.optimizer.lr must be a number, got '1e-3x' (str)"
+
+
+def test_unread_top_level_key_is_reported(monkeypatch):
+    logged = []
+    monkeypatch.setattr(runner_utils, 'print_log', lambda msg, **kw: logged.append((msg, kw)))
+    runner_utils.load_config(CONFIG, {'default_hook.checkpoint.interval': 1, 'trian_cfg': 1})
+    assert [m for m, _ in logged] == [
+        "config key 'default_hook' is not read by any component, so it has no effect; "
+        "did you mean 'default_hooks'?",
+        "config key 'trian_cfg' is not read by any component, so it has no effect; "
+        "did you mean 'train_cfg'?"]
+    assert all(kw['level'] >= 30 for _, kw in logged)
+
+
+def test_shipped_configs_have_no_unread_key_warnings(monkeypatch):
+    logged = []
+    monkeypatch.setattr(runner_utils, 'print_log', lambda msg, **kw: logged.append(msg))
+    configs = [osp.join(d, f) for d, _, fs in os.walk(osp.join(REPO, 'configs')) for f in fs
+               if f.endswith('.py') and '_base_' not in d and 'specs' not in d]
+    assert len(configs) > 10
+    for path in configs:
+        runner_utils.check_config_types(runner_utils.load_config(path))
+    assert logged == []
 
 
 # ------------------------------------------------------------------ item 9: arrays

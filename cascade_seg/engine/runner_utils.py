@@ -1,5 +1,7 @@
 """Config -> mmengine Runner: the one path shared by tools/train.py, tools/test.py and ablations."""
 import copy
+import difflib
+import inspect
 import json
 import logging
 import os
@@ -10,15 +12,127 @@ from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401 (DictAc
 from mmengine.logging import print_log
 
 __all__ = ['load_config', 'apply_amp', 'apply_resume', 'setup_launcher', 'build_runner',
-           'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction']
+           'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction',
+           'check_config_types', 'unread_top_level_keys']
+
+# Top-level keys read by something other than mmengine's Runner(...) arguments:
+# mmengine's Runner (cfg.get), checkpoint meta, and our tools.
+_OTHER_READ_KEYS = {'sync_bn', 'find_unused_parameters', 'model_wrapper_cfg', 'gpu_ids',
+                    'compile', 'activation_checkpointing', 'efficient_conv_bn_eval',
+                    'launcher', 'filename', 'dist_params'}
+_MISSING = object()
+
+
+def _runner_keys():
+    from mmengine.runner import Runner
+    return set(inspect.signature(Runner.__init__).parameters) - {'self', 'cfg'}
+
+
+def _lookup(cfg, dotted):
+    node = cfg
+    for part in dotted.split('.'):
+        if isinstance(node, (dict, Config)) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_option_types(cfg, options):
+    """An override whose text did not parse as the number/bool the config holds is an error
+    naming the key (``train_cfg.max_epochs=two`` would otherwise fail deep inside a loop)."""
+    for key, value in options.items():
+        old = _lookup(cfg, key)
+        if old is _MISSING or old is None or not isinstance(value, str):
+            continue
+        if isinstance(old, bool) or _is_number(old):
+            kind = 'a boolean' if isinstance(old, bool) else (
+                'an integer' if isinstance(old, int) else 'a number')
+            raise ValueError(f'--cfg-options {key}={value}: {key} must be {kind} '
+                             f'(the config has {old!r}), got the text {value!r}')
+
+
+# (dotted key pattern, what it must be); '*' matches any one key.
+_TYPED_KEYS = [
+    ('train_cfg.max_epochs', 'int'), ('train_cfg.max_iters', 'int'),
+    ('train_cfg.val_interval', 'int'), ('train_cfg.val_begin', 'int'),
+    ('*_dataloader.batch_size', 'int'), ('*_dataloader.num_workers', 'int'),
+    ('default_hooks.*.interval', 'int'), ('default_hooks.checkpoint.max_keep_ckpts', 'int'),
+    ('optim_wrapper.optimizer.lr', 'number'), ('optim_wrapper.optimizer.weight_decay', 'number'),
+    ('optim_wrapper.optimizer.momentum', 'number'), ('randomness.seed', 'int'),
+]
+
+
+def _matches(pattern, dotted):
+    parts, keys = pattern.split('.'), dotted.split('.')
+    return len(parts) == len(keys) and all(
+        p == k or p == '*' or (p.startswith('*') and k.endswith(p[1:])) for p, k in zip(parts, keys))
+
+
+def _walk(node, prefix=''):
+    if isinstance(node, (dict, Config)):
+        for key, value in node.items():
+            path = f'{prefix}{key}'
+            yield path, value
+            yield from _walk(value, path + '.')
+
+
+def check_config_types(cfg):
+    """Raise a ValueError naming the key when a well-known numeric setting is not a number."""
+    for path, value in _walk(cfg):
+        for pattern, kind in _TYPED_KEYS:
+            if not _matches(pattern, path) or value is None:
+                continue
+            ok = isinstance(value, int) and not isinstance(value, bool) if kind == 'int' \
+                else _is_number(value)
+            if not ok:
+                raise ValueError(f'{path} must be {"an integer" if kind == "int" else "a number"}, '
+                                 f'got {value!r} ({type(value).__name__})')
+
+
+def unread_top_level_keys(cfg, new_keys=()):
+    """``(key, closest read key or None)`` for top-level keys nothing reads that are either
+    new (added by ``--cfg-options``) or close to a key that is read (a likely typo).
+
+    Other unread keys are the helper variables configs define for themselves
+    (``data_root``, ``train_pipeline``, ...) and are left alone.
+    """
+    read = _runner_keys() | _OTHER_READ_KEYS
+    out = []
+    for key in cfg.keys():
+        if key in read or key.startswith('_'):
+            continue
+        close = difflib.get_close_matches(key, sorted(read), n=1, cutoff=0.8)
+        if key in new_keys or close:
+            out.append((key, close[0] if close else None))
+    return out
 
 
 def load_config(config, cfg_options=None):
-    """A copy of ``config`` (path or Config) with ``--cfg-options`` merged in."""
+    """A copy of ``config`` (path or Config) with ``--cfg-options`` merged in.
+
+    An option that does not parse as the number the config holds raises; a
+    top-level key that no component reads (``default_hook`` for ``default_hooks``)
+    is reported as a warning.
+    """
     cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    new_keys = set()
     if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
+        options = dict(cfg_options)
+        _check_option_types(cfg, options)
+        new_keys = {k.split('.')[0] for k in options} - set(cfg.keys())
+        cfg.merge_from_dict(options)
     cfg.setdefault('default_scope', 'cascade_seg')
+    for key, close in unread_top_level_keys(cfg, new_keys):
+        hint = f'; did you mean {close!r}?' if close else ''
+        print_log(f'config key {key!r} is not read by any component, so it has no effect{hint}',
+                  logger='current', level=logging.WARNING)
     return cfg
 
 
@@ -174,6 +288,7 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
         apply_amp(cfg)
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
+    check_config_types(cfg)
     check_config_num_classes(cfg)
     add_custom_hook(cfg, dict(type='NumClassesCheckHook'))
     setup_launcher(cfg, launcher)
