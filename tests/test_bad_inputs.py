@@ -29,6 +29,7 @@ from cascade_seg.structures import DetDataSample
 torch.set_num_threads(1)
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(REPO, 'configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py')
+HTC_CONFIG = osp.join(REPO, 'configs/htc/htc_r18_fpn_synthetic.py')
 TEST_PIPELINE = [dict(type='LoadImageFromFile'),
                  dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
                  dict(type='PackDetInputs')]
@@ -261,6 +262,79 @@ def test_shipped_configs_have_no_unread_key_warnings(monkeypatch):
     for path in configs:
         runner_utils.check_config_types(runner_utils.load_config(path))
     assert logged == []
+
+
+# ------------------------------------------------------------------ item 8: tools/test.py
+@pytest.fixture(scope='module')
+def synthetic(tmp_path_factory):
+    from cascade_seg.datasets.synthetic import make_synthetic_coco
+    root = str(tmp_path_factory.mktemp('bad_inputs_synthetic'))
+    make_synthetic_coco(root, num_train=2, num_val=2, image_size=(64, 64), seed=0, p_empty=0.0)
+    root += '/'
+    ann = root + 'annotations/instances_val.json'
+    options = [f'{k}.dataset.data_root={root}' for k in ('train_dataloader', 'val_dataloader',
+                                                           'test_dataloader')]
+    options += [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+                'model.test_cfg.rcnn.max_per_img=10', 'log_level=WARNING']
+    return types.SimpleNamespace(root=root, options=options)
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    """A random Mask R-CNN checkpoint, the same with one NaN weight, and an HTC one."""
+    from cascade_seg.apis import init_detector
+    out = tmp_path_factory.mktemp('ckpts')
+    torch.manual_seed(0)
+    state = init_detector(CONFIG).state_dict()
+    paths = types.SimpleNamespace(good=str(out / 'good.pth'), nan=str(out / 'nan.pth'),
+                                  htc=str(out / 'htc.pth'))
+    torch.save(dict(state_dict=state, meta={}), paths.good)
+    state = {k: v.clone() for k, v in state.items()}
+    state['roi_head.bbox_head.0.fc_cls.weight'][0, :3] = float('nan')
+    state['rpn_head.rpn_conv.bias'][1] = float('inf')
+    torch.save(dict(state_dict=state, meta={}), paths.nan)
+    torch.save(dict(state_dict=init_detector(HTC_CONFIG).state_dict(), meta={}), paths.htc)
+    return paths
+
+
+def _tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', osp.join(REPO, 'tools',
+                                                                           f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_test_py_refuses_a_checkpoint_that_does_not_fit(synthetic, checkpoints, tmp_path):
+    work = tmp_path / 'work'
+    with pytest.raises(RuntimeError) as err:
+        _tool('test').main([CONFIG, checkpoints.htc, '--work-dir', str(work),
+                            '--cfg-options', *synthetic.options])
+    msg = str(err.value)
+    assert msg.startswith(f'checkpoint {checkpoints.htc} does not fit the model (pass '
+                          '--partial-load')
+    assert 'unexpected in checkpoint (' in msg and 'roi_head.bbox_head.2.fc_cls.weight' in msg
+    assert not (work / 'metrics.json').exists()
+    metrics = _tool('test').main([CONFIG, checkpoints.htc, '--work-dir', str(work),
+                                  '--partial-load', '--cfg-options', *synthetic.options])
+    assert 'coco/bbox_mAP' in metrics and (work / 'metrics.json').exists()
+
+
+def test_test_py_refuses_non_finite_weights(synthetic, checkpoints, tmp_path):
+    work = tmp_path / 'work'
+    for extra in ([], ['--partial-load']):
+        with pytest.raises(ValueError) as err:
+            _tool('test').main([CONFIG, checkpoints.nan, '--work-dir', str(work), *extra,
+                                '--cfg-options', *synthetic.options])
+        assert str(err.value).startswith(
+            f'{checkpoints.nan}: 2 weight tensors hold NaN/Inf values: '
+            'rpn_head.rpn_conv.bias (0 NaN, 1 Inf), roi_head.bbox_head.0.fc_cls.weight (3 NaN, '
+            '0 Inf).')
+        assert not (work / 'metrics.json').exists()
+    from cascade_seg.apis import init_detector
+    with pytest.raises(ValueError, match='2 weight tensors hold NaN/Inf'):
+        init_detector(CONFIG, checkpoints.nan)
 
 
 # ------------------------------------------------------------------ item 9: arrays

@@ -6,7 +6,7 @@ Importing this package allow-lists the globals an mmengine checkpoint needs for
 through it (see checkpoint.py); the tools import it.
 """
 from .checkpoint import install_safe_loader, load_checkpoint, register_safe_globals
-from .checkpoint_hook import AtomicCheckpointHook
+from .checkpoint_hook import AtomicCheckpointHook, StrictLoadHook
 from .dump_results import DumpDetResults
 from .hooks import CheckFiniteLossHook, NumClassesCheckHook, SavePredictionImagesHook
 from .optim_wrapper import AutocastOptimWrapper
@@ -18,4 +18,4 @@ install_safe_loader()
 __all__ = ['register_safe_globals', 'load_checkpoint', 'CheckFiniteLossHook', 'NumClassesCheckHook',
            'SavePredictionImagesHook', 'DumpDetResults', 'AutocastOptimWrapper', 'build_runner',
            'load_config', 'save_metrics', 'install_safe_loader', 'AtomicCheckpointHook',
-           'EpochBasedTrainLoop', 'IterBasedTrainLoop']
+           'StrictLoadHook', 'EpochBasedTrainLoop', 'IterBasedTrainLoop']

@@ -1,4 +1,4 @@
-"""Crash-safe checkpoint saving, with what an exact resume needs.
+"""Crash-safe checkpoint saving, with what an exact resume needs, and the checks made on load.
 
 mmengine's ``CheckpointHook`` deletes the oldest kept checkpoint *before* it
 writes the new one, writes with a plain ``open('wb')`` and then rewrites
@@ -26,14 +26,16 @@ import shutil
 
 from mmengine.dist import get_world_size, is_main_process
 from mmengine.fileio.backends import LocalBackend
-from mmengine.hooks import CheckpointHook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.runner import BaseLoop
 
 from cascade_seg.registry import HOOKS
+from .checkpoint import compare_state_dicts, format_report, state_dict_from_checkpoint
 from .resume import RESUME_KEY, STATE_VERSION, capture_rng, gather_rng
 
-__all__ = ['AtomicCheckpointHook', 'atomic_write_text', 'publish_file']
+__all__ = ['AtomicCheckpointHook', 'StrictLoadHook', 'atomic_write_text', 'publish_file']
 
 _TEMP = re.compile(r'^\..+\.\d+\.tmp$')  # what _temp_name makes
 
@@ -185,3 +187,29 @@ class AtomicCheckpointHook(CheckpointHook):
         atomic_write_text(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
         for old in expired:  # only now that the new checkpoint is complete
             _remove(osp.join(self.out_dir, self.filename_tmpl.format(old)))
+
+
+def _unwrap(model):
+    return model.module if is_model_wrapper(model) else model
+
+
+@HOOKS.register_module()
+class StrictLoadHook(Hook):
+    """Refuse a checkpoint whose weights do not fit the model (tools/test.py).
+
+    mmengine loads what matches and only prints the rest, so evaluating another
+    architecture's weights would silently report (near) zero AP.
+    """
+    priority = 'VERY_HIGH'
+
+    def __init__(self, filename=None, hint='pass --partial-load to load only the weights '
+                                            'that fit'):
+        self.filename = filename
+        self.hint = hint
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        state = state_dict_from_checkpoint(checkpoint)
+        report = format_report(*compare_state_dicts(_unwrap(runner.model).state_dict(), state))
+        if report:
+            raise RuntimeError(f'checkpoint {self.filename or ""} does not fit the model '
+                               f'({self.hint}):\n{report}')

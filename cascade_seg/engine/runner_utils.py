@@ -268,13 +268,14 @@ def check_config_num_classes(cfg):
 
 
 def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False,
-                 launcher='none', seed=None, load_from=None):
+                 launcher='none', seed=None, load_from=None, strict_load=False):
     """Build an mmengine Runner the way tools/train.py and tools/test.py do.
 
     ``config`` is a path or a Config (not modified). ``work_dir`` defaults to the
     config's, else ``work_dirs/<config stem>``; ``resume`` is None, ``'auto'`` or a
     checkpoint path (see :func:`apply_resume`); ``load_from`` loads weights without
-    resuming (testing).
+    resuming (testing), and ``strict_load`` refuses such weights unless every one
+    of them fits the model.
     """
     import cascade_seg.engine  # noqa: F401  (safe-globals allow-list, hooks)
     from mmengine.runner import Runner
@@ -283,6 +284,8 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
     cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(cfg)
     if load_from is not None:
         cfg.load_from = load_from
+        if strict_load:
+            add_custom_hook(cfg, dict(type='StrictLoadHook', filename=load_from))
     apply_resume(cfg, resume)
     if amp:
         apply_amp(cfg)
