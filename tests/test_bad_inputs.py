@@ -1,4 +1,4 @@
-"""A corpus of bad inputs (issue 13), generated here, with the verdict for each.
+"""A corpus of bad inputs (issue 13, items 4-11), generated here, with the verdict for each.
 
 Each case asserts the exact outcome: the error names the file and the annotation, image
 or config key; or, under on_bad_annotation='skip', the dataset logs the dropped items and
@@ -392,3 +392,70 @@ def test_arrays_that_are_no_image_are_refused(model, array, message):
     with pytest.raises(ValueError) as err:
         inference_detector(model, array)
     assert str(err.value).startswith(message)
+
+
+# ------------------------------------------------------------------ item 11: unsafe pickles
+class _Payload:
+    """Unpickling this runs a shell command that creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+@pytest.fixture
+def evil(tmp_path):
+    marker = tmp_path / 'PAYLOAD_RAN'
+    path = tmp_path / 'evil.pth'
+    torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(1)},
+                    meta=dict(note=_Payload(marker))), path)
+    return types.SimpleNamespace(path=str(path), marker=marker)
+
+
+def test_the_payload_is_live(evil):
+    torch.load(evil.path, weights_only=False)  # what a full unpickler would do
+    assert evil.marker.exists()
+
+
+@pytest.mark.parametrize('entry', ['tools/test.py', 'tools/demo.py', 'tools/train.py --resume',
+                                   'tools/convert_checkpoint.py', 'init_detector'])
+def test_malicious_checkpoint_never_runs(synthetic, evil, tmp_path, entry):
+    image = osp.join(synthetic.root, 'val', sorted(os.listdir(synthetic.root + 'val'))[0])
+    work = str(tmp_path / 'work')
+    calls = {
+        'tools/test.py': lambda: _tool('test').main(
+            [CONFIG, evil.path, '--work-dir', work, '--cfg-options', *synthetic.options]),
+        'tools/demo.py': lambda: _tool('demo').main(
+            [image, CONFIG, evil.path, '--out-file', str(tmp_path / 'out.png')]),
+        'tools/train.py --resume': lambda: _tool('train').main(
+            [CONFIG, '--work-dir', work, '--resume', evil.path, '--cfg-options',
+             *synthetic.options]),
+        'tools/convert_checkpoint.py': lambda: _tool('convert_checkpoint').main(
+            ['--from', 'mmdet', evil.path, str(tmp_path / 'converted.pth')]),
+        'init_detector': lambda: __import__('cascade_seg.apis', fromlist=['x']).init_detector(
+            CONFIG, evil.path),
+    }
+    with pytest.raises(RuntimeError) as err:
+        calls[entry]()
+    assert evil.path in str(err.value) and 'posix.system' in str(err.value)
+    assert not evil.marker.exists()
+
+
+def test_every_torch_load_passes_weights_only_true():
+    """Not relying on torch's default: each call in the package and tools says it."""
+    calls = []
+    for top in ('cascade_seg', 'tools'):
+        for folder, _, files in os.walk(osp.join(REPO, top)):
+            for name in files:
+                if name.endswith('.py'):
+                    text = open(osp.join(folder, name)).read()
+                    for match in re.finditer(r'torch\.load\(', text):
+                        end = text.index(')', match.end())
+                        calls.append((name, text[match.end():end]))
+    assert calls, 'expected torch.load calls'
+    assert [c for c in calls if 'weights_only=True' not in c[1]] == []
+    from mmengine.runner.checkpoint import CheckpointLoader
+    from cascade_seg.engine.checkpoint import _mmengine_local_loader
+    assert CheckpointLoader._get_checkpoint_loader('work/epoch_1.pth') is _mmengine_local_loader
