@@ -62,6 +62,12 @@ CORPUS = {
     'empty segmentation': (_set(105, segmentation=[]),
                            ["bad annotation id 105 of image 'deep.png'", 'empty segmentation'],
                            [105], []),
+    'malformed bbox': (_set(105, bbox=[5, 5, 10]),
+                       ["bad annotation id 105 of image 'deep.png'",
+                        'malformed bbox [5, 5, 10] (expected [x, y, w, h])'], [105], []),
+    'non-finite bbox': (_set(105, bbox=[5, 5, float('inf'), 10]),
+                        ["bad annotation id 105 of image 'deep.png'",
+                         'non-finite bbox [5, 5, inf, 10]'], [105], []),
     # item 6: the box used to be clipped to nothing and the loss went NaN
     'bbox outside the image': (_set(105, bbox=[50, 5, 10, 10]),
                                ["bad annotation id 105 of image 'deep.png'",
@@ -212,6 +218,14 @@ def test_empty_or_truncated_json_names_the_file(foreign_coco, tmp_path, content,
     with pytest.raises(ValueError) as err:
         CocoMetric(ann_file=str(path))
     assert str(err.value) == f'{path}: {expected}'
+
+
+def test_image_entry_without_size_names_the_file(foreign_coco, write_coco_variant):
+    path = write_coco_variant(lambda c: _image(c, 13).pop('height'))
+    for mode in ('error', 'skip'):
+        with pytest.raises(ValueError) as err:
+            make_dataset(foreign_coco, path, on_bad_annotation=mode)
+        assert str(err.value) == f"{path}: image entry 13 lacks ['height']"
 
 
 def test_zero_byte_image_names_the_path(foreign_coco):

@@ -21,12 +21,14 @@ BAD_ANNOTATION_POLICIES = ('error', 'skip')
 MAX_LISTED = 20  # problems listed one by one in an error or in the log
 
 
-def read_coco_json(ann_file, backend_args=None, image_keys=REQUIRED_IMAGE_KEYS) -> dict:
+def read_coco_json(ann_file, backend_args=None, image_keys=REQUIRED_IMAGE_KEYS,
+                   top_keys=REQUIRED_TOP_KEYS) -> dict:
     """The annotation file as a dict, checked for COCO's top-level structure.
 
     An empty, truncated or otherwise invalid file, a top level that is not an
-    object, a missing ``images`` / ``annotations`` / ``categories`` and an image
-    entry without one of ``image_keys`` raise a ValueError naming the file.
+    object, a missing one of ``top_keys`` and an image entry without one of
+    ``image_keys`` raise a ValueError naming the file. A missing
+    ``annotations`` that ``top_keys`` allows (image-info files) reads as ``[]``.
     """
     with get_local_path(ann_file, backend_args=backend_args) as path:
         with open(path, 'rb') as f:
@@ -45,6 +47,8 @@ def read_coco_json(ann_file, backend_args=None, image_keys=REQUIRED_IMAGE_KEYS) 
         raise ValueError(f'{ann_file}: not a COCO annotation file (top level is '
                          f'a {type(dataset).__name__}, expected an object)')
     for key in REQUIRED_TOP_KEYS:
+        if key not in dataset and key not in top_keys:
+            dataset[key] = []
         if key not in dataset:
             raise ValueError(f'{ann_file}: not a COCO annotation file '
                              f'(missing key {key!r})')

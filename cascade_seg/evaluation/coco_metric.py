@@ -142,8 +142,10 @@ class CocoMetric(BaseMetric):
         self.ann_file = ann_file
         self.on_bad_annotation = on_bad_annotation
         self._coco_api = None
+        # image-info files (format_only on a test set) have no 'annotations'
         self._raw_gt = None if ann_file is None else read_coco_json(
-            ann_file, backend_args, image_keys=('id', 'height', 'width'))
+            ann_file, backend_args, image_keys=('id', 'height', 'width'),
+            top_keys=('images', 'categories'))
 
     @property
     def dataset_meta(self):
