@@ -286,8 +286,8 @@ def synthetic(tmp_path_factory):
     make_synthetic_coco(root, num_train=2, num_val=2, image_size=(64, 64), seed=0, p_empty=0.0)
     root += '/'
     ann = root + 'annotations/instances_val.json'
-    options = [f'{k}.dataset.data_root={root}' for k in ('train_dataloader', 'val_dataloader',
-                                                           'test_dataloader')]
+    options = [f'{k}.dataset.data_root={root}'
+               for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
     options += [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
                 'model.test_cfg.rcnn.max_per_img=10', 'log_level=WARNING']
     return types.SimpleNamespace(root=root, options=options)
@@ -371,7 +371,8 @@ def test_arrays_are_converted_like_files(model, tmp_path):
     rng = np.random.RandomState(0)
     img = rng.randint(0, 256, (40, 56, 3)).astype(np.uint8)
     gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    files = {'deep.png': (img.astype(np.uint16) * 257 + rng.randint(0, 200, img.shape)).astype(np.uint16),
+    deep = (img.astype(np.uint16) * 257 + rng.randint(0, 200, img.shape)).astype(np.uint16)
+    files = {'deep.png': deep,
              'gray.png': gray, 'bgra.png': np.dstack([img, np.full(gray.shape, 7, np.uint8)])}
     for name, pixels in files.items():
         assert cv2.imwrite(str(tmp_path / name), pixels.astype(pixels.dtype))

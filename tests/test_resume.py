@@ -42,8 +42,8 @@ def options(root, loop='epoch', ckpt_by_epoch=False, ckpt_interval=3):
     """8 training images, batch 2: 4 iterations per epoch, 8 in all; validation after
     epoch 1 (iteration 4), so resumed runs cross an evaluation."""
     ann = root + 'annotations/instances_val.json'
-    opts = {f'{k}.dataset.data_root': root for k in ('train_dataloader', 'val_dataloader',
-                                                      'test_dataloader')}
+    opts = {f'{k}.dataset.data_root': root
+            for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')}
     opts.update({
         'val_evaluator.ann_file': ann, 'test_evaluator.ann_file': ann,
         'train_dataloader.batch_size': 2, 'model.test_cfg.rcnn.max_per_img': 10,

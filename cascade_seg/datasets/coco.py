@@ -139,7 +139,8 @@ def clean_coco(dataset: dict, ann_file, on_bad_annotation='error', log_each=True
     duplicated id is dropped with its annotations (they cannot be attributed),
     an annotation id's later uses are dropped (the first is kept), and the
     other bad annotations are dropped; each drop is logged (``log_each``) and a
-    summary with the counts follows (unless ``quiet``: the caller reports). ``kept`` is a new dict (inputs untouched);
+    summary with the counts follows (unless ``quiet``: the caller reports).
+    ``kept`` is a new dict (inputs untouched);
     ``dropped`` is ``dict(images=[file names], annotations=[ids], reasons={reason: count})``.
 
     The dataset and :class:`~cascade_seg.evaluation.CocoMetric` both call this,
@@ -184,8 +185,8 @@ def clean_coco(dataset: dict, ann_file, on_bad_annotation='error', log_each=True
         seen_ann_ids[ann_id] = _name(img)
         problem = check_annotation(ann, img['height'], img['width'], known_cat_ids)
         if problem is not None:
-            problems.append((_reason(problem), f'bad annotation id {ann_id!r} of image '
-                                                f'{_name(img)!r}: {problem}'))
+            problems.append((_reason(problem),
+                             f'bad annotation id {ann_id!r} of image {_name(img)!r}: {problem}'))
             dropped_anns.append(ann_id)
             continue
         kept_anns.append(ann)

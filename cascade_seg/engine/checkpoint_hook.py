@@ -37,7 +37,7 @@ from .resume import RESUME_KEY, STATE_VERSION, capture_rng, gather_rng
 
 __all__ = ['AtomicCheckpointHook', 'StrictLoadHook', 'atomic_write_text', 'publish_file']
 
-_TEMP = re.compile(r'^\..+\.\d+\.tmp$')  # what _temp_name makes
+_TEMP = re.compile(r'^\.(.+\.pth|last_checkpoint)\.\d+\.tmp$')  # what _temp_name makes
 
 
 def _temp_name(name):
@@ -202,8 +202,8 @@ class StrictLoadHook(Hook):
     """
     priority = 'VERY_HIGH'
 
-    def __init__(self, filename=None, hint='pass --partial-load to load only the weights '
-                                            'that fit'):
+    def __init__(self, filename=None,
+                 hint='pass --partial-load to load only the weights that fit'):
         self.filename = filename
         self.hint = hint
 

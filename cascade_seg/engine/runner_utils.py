@@ -72,7 +72,7 @@ _TYPED_KEYS = [
 def _matches(pattern, dotted):
     parts, keys = pattern.split('.'), dotted.split('.')
     return len(parts) == len(keys) and all(
-        p == k or p == '*' or (p.startswith('*') and k.endswith(p[1:])) for p, k in zip(parts, keys))
+        p in (k, '*') or (p.startswith('*') and k.endswith(p[1:])) for p, k in zip(parts, keys))
 
 
 def _walk(node, prefix=''):

@@ -53,8 +53,7 @@ def image_from_array(img, what='image array') -> np.ndarray:
     if img.dtype == np.bool_ or img.dtype.kind not in 'uif':
         raise ValueError(f'{what} has dtype {img.dtype}: expected uint8, uint16, another '
                          'integer type or float holding 0..255')
-    if img.dtype.kind == 'f' or (img.dtype.kind in 'ui' and img.dtype not in (np.uint8,
-                                                                               np.uint16)):
+    if img.dtype.kind == 'f' or img.dtype not in (np.uint8, np.uint16):
         if img.dtype.kind == 'f' and not np.isfinite(img).all():
             raise ValueError(f'{what} ({img.dtype}) holds NaN or Inf values')
         low, high = float(img.min()), float(img.max())
