@@ -123,6 +123,13 @@ class AtomicCheckpointHook(CheckpointHook):
                 "'cascade_seg' for an exact resume")
         else:
             loop.set_resume_state(state)
+            loader = getattr(loop, 'dataloader', None)
+            if getattr(loader, 'num_workers', 0) and getattr(loader, 'persistent_workers', False):
+                runner.logger.warning(
+                    'train_dataloader has persistent_workers=True: the random state its worker '
+                    'processes carried over from earlier epochs (random flips, scale choices) '
+                    'cannot be restored, so those augmentations differ from the interrupted '
+                    'run; set persistent_workers=False for a bit-exact resume')
 
     def before_save_checkpoint(self, runner, checkpoint):
         loop = getattr(runner, '_train_loop', None)  # only a loop that is built and running
