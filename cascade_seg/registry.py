@@ -65,6 +65,10 @@ METRICS = _child('metric', MMENGINE_METRICS, ['cascade_seg.evaluation'])
 TASK_UTILS = _child('task util', MMENGINE_TASK_UTILS, ['cascade_seg.models.task_utils'])
 HOOKS = _child('hook', MMENGINE_HOOKS, ['cascade_seg.engine'])
 VISUALIZERS = _child('visualizer', MMENGINE_VISUALIZERS, ['cascade_seg.visualization'])
+# Task branches of the RoI head, registered under their task name ('mask', 'keypoint', ...):
+# the RoI head builds the branch of every task whose `{task}_head` its config sets.
+TASK_BRANCHES = _Registry('roi task branch', scope='cascade_seg',
+                          locations=['cascade_seg.models.roi_heads.branches'])
 
 # Children of mmengine's other roots, so that building the Runner's parts under the
 # 'cascade_seg' scope finds mmengine's implementations without scope-fallback warnings.

@@ -66,6 +66,38 @@ def record_head_calls(model):
     return calls, remove
 
 
+# ----------------------------------------------------------------------------- torchvision
+
+def randomize_norms(model, images, seed):
+    """Random BN affine parameters, then running statistics calibrated on ``images``
+    (as the MMDetection reference's ``--randomize-norm``): every residual branch matters and
+    activations stay O(1)."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+            m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: exactly this batch's statistics
+        model.train()
+        body = model.backbone.body
+        body(model.transform(images)[0].tensors)
+        model.eval()
+
+
+def capture(obj, method, store):
+    """Wrap ``obj.method`` (on the instance) so that its return values land in ``store``;
+    returns the function that undoes it."""
+    orig = getattr(obj, method)
+
+    def wrapper(*args, **kwargs):
+        store.append(orig(*args, **kwargs))
+        return store[-1]
+    setattr(obj, method, wrapper)
+    return lambda: delattr(obj, method)
+
+
 # ----------------------------------------------------------------------------- comparisons
 
 def max_errors(a, b):
@@ -257,6 +289,131 @@ def pre_nms_detections(roi_head, feats, boxes, data_sample, rescale=True):
     return dict(bboxes=res.bboxes, scores=res.scores, labels=res.labels)
 
 
+# ----------------------------------------------------------------------------- MMDetection check
+# The stage-by-stage comparison of tests/test_parity_mmdet.py, shared with the tests of other
+# MMDetection models (tests/test_parity_mmdet_panet_gcnet.py).
+
+# Tensors: max abs error relative to the reference's max |value|. Float32 sums in another
+# order through ResNet-50 give ~1e-4; a real difference (e.g. RoIAlign aligned=True vs False)
+# gives > 1e-1.
+FEAT_REL = 5e-4
+# Head calls run on our own proposals / detections, which carry float noise of their own (RoI
+# coordinates differ in the last bits), hence looser than the stage-0 check on shared inputs.
+CALL_REL = 1e-3
+
+
+def data_sample(metainfo):
+    """A DetDataSample carrying the reference's metainfo (lists back to tuples)."""
+    from cascade_seg.structures import DetDataSample
+    meta = {k: tuple(v) if isinstance(v, list) else v for k, v in metainfo.items()}
+    return DetDataSample(metainfo=meta)
+
+
+def compare_head_calls(kind, ours, ref, perm, check=None):
+    """Every ``kind`` ('bbox'|'mask') head call, in order: same count, same outputs.
+
+    ``perm[i]`` is our row for the reference's row ``i`` (-1 where a near-tie flip left it
+    without a partner; such rows are not compared). A call's outputs are the logits (box:
+    cls_score, bbox_pred; mask: logits) and, for HTC's information flow, the mask feature; each
+    of ours is compared with the reference output of the same shape (ours may skip logits
+    nobody uses).
+    """
+    check = check or assert_tensor_close
+    o = [c for c in ours if c['kind'] == kind]
+    r = [c for c in ref if c['module'].startswith(f'roi_head.{kind}_head')]
+    assert len(o) == len(r), f'{len(o)} {kind} head calls vs {len(r)} in the reference'
+    paired = perm >= 0
+    for i, (oc, rc) in enumerate(zip(o, r)):
+        for t in oc['outputs']:
+            same = [x for x in rc['outputs'] if x.shape[1:] == t.shape[1:]]
+            assert same, f'{kind} call {i}: output {tuple(t.shape)} not in the reference'
+            check(f'{kind} call {i} ({oc["name"]}) output {tuple(t.shape)}',
+                  t[perm[paired]], same[0][paired], rel=CALL_REL)
+
+
+def nms_rules(cfg):
+    """The post-processing that both sides share, for telling near-tie flips from errors."""
+    return dict(max_num=cfg['max_per_img'], nms_iou=cfg['nms']['iou_threshold'])
+
+
+@torch.no_grad()
+def check_parity(config, ref, cfg_options=None, errors=None, e2e_score_atol=1e-4):
+    """Our model from ``config`` (+ ``cfg_options``) on the reference's converted weights and
+    batch, compared stage by stage; the first stage that parts raises AssertionError.
+    ``errors``, when a dict, receives each compared tensor's ``(max abs, max rel)`` error.
+    ``e2e_score_atol``: the score tolerance of the end-to-end step only, where each side runs
+    the RoI head on its own proposals (float noise in their coordinates moves the scores)."""
+    from mmengine.structures import InstanceData
+
+    from cascade_seg.models.roi_heads.stage_config import merge_cfg
+    from cascade_seg.models.task_utils import boxes_to_rois
+    from cascade_seg.utils import convert_mmdet
+
+    def close(name, ours, theirs, rel):
+        if errors is not None:
+            errors[name] = max_errors(ours, theirs)
+        assert_tensor_close(name, ours, theirs, rel)
+
+    ev = ref['eval']
+    # the dump keeps every detection (score_thr 0) to exercise masks
+    options = dict(model=dict(test_cfg=dict(rcnn=dict(score_thr=0.0))))
+    model = build_from_config(config, merge_cfg(options, cfg_options or {}))
+    load_converted(model, *convert_mmdet(ref['state_dict']))
+    inputs = ev['batch_inputs']
+    sample = data_sample(ev['metainfo'])
+    rpn_rules, rcnn_rules = nms_rules(model.test_cfg['rpn']), nms_rules(model.test_cfg['rcnn'])
+
+    # 1. neck features
+    feats = model.extract_feat(inputs)
+    assert len(feats) == len(ev['neck_feats'])
+    for lvl, (f, rf) in enumerate(zip(feats, ev['neck_feats'])):
+        close(f'neck P{lvl + 2}', f, rf, FEAT_REL)
+
+    # 2. RPN raw outputs and proposals
+    cls_scores, bbox_preds = model.rpn_head(feats)
+    for lvl in range(len(feats)):
+        close(f'rpn_cls P{lvl + 2}', cls_scores[lvl], ev['rpn_cls_scores'][lvl], FEAT_REL)
+        close(f'rpn_reg P{lvl + 2}', bbox_preds[lvl], ev['rpn_bbox_preds'][lvl], FEAT_REL)
+    proposals = model.rpn_head.predict(feats, [sample])[0]
+    rp = ev['rpn_proposals']
+    # paired regardless of rank; the 1000-proposal cut and NMS may split near-ties apart
+    roi_pairs = assert_same_detections(proposals.to_dict(), rp, min_mask_iou=None,
+                                       class_agnostic_nms=True, **rpn_rules)
+
+    # 3. stage-0 box head on the reference's proposals
+    roi_head = model.roi_head
+    if 'semantic_feat' in ev:
+        close('semantic feature', roi_head.semantic_head(feats)[1], ev['semantic_feat'],
+              FEAT_REL)
+    roi_feats, _ = roi_head.roi_features(feats, [sample])
+    cls0, reg0, _ = roi_head.bbox_forward(0, roi_feats, boxes_to_rois([rp['bboxes']]))
+    close('stage-0 cls_score', cls0, ev['stage0_cls_score'], FEAT_REL)
+    close('stage-0 bbox_pred', reg0, ev['stage0_bbox_pred'], FEAT_REL)
+
+    # 4. the RoI head on the reference's proposals, recording every box/mask head call: the
+    # same inputs, so every box head row is compared, and every mask row of paired detections
+    pred = ev['pred_instances']
+    calls, remove = record_head_calls(model)
+    try:
+        given = InstanceData(bboxes=rp['bboxes'], scores=rp['scores'])
+        out = roi_head.predict(feats, [given], [sample])[0]
+    finally:
+        remove()
+    compare_head_calls('bbox', calls, ev['head_calls'], torch.arange(len(rp['scores'])), close)
+    det_pairs = assert_same_detections(out.to_dict(), pred, **rcnn_rules)
+    compare_head_calls('mask', calls, ev['head_calls'],
+                       permutation(det_pairs, len(pred['scores'])), close)
+
+    # 5. end to end; a proposal that only one side has (a near-tie flip of step 2) may add
+    # detections or suppress some: each must be traced to it
+    out = model.predict(inputs, [data_sample(ev['metainfo'])])[0].pred_instances
+    extra_ours, extra_ref = (
+        pre_nms_detections(roi_head, feats, boxes[unpaired(roi_pairs, len(boxes), side)], sample)
+        for boxes, side in ((proposals.bboxes, 1), (rp['bboxes'], 0)))
+    assert_same_detections(out.to_dict(), pred, extra_ours=extra_ours, extra_ref=extra_ref,
+                           score_atol=e2e_score_atol, **rcnn_rules)
+
+
 # ------------------------------------------------------------------------ MMDetection reference
 
 def find_mmdet_python():
@@ -276,6 +433,18 @@ def find_mmdet_python():
     return lines[-1], None
 
 
+def mmdet_python_or_skip():
+    """The reference interpreter for a test; without one the test skips, except under CI
+    (``CI=true``), where a missing reference fails it."""
+    import pytest
+    python, why = find_mmdet_python()
+    if python is None:
+        if os.environ.get('CI', '').lower() in ('1', 'true', 'yes'):
+            pytest.fail(f'CI must run the MMDetection parity tests: {why}')
+        pytest.skip(why)
+    return python
+
+
 def mmdet_ref_script():
     script = os.environ.get('CASCADE_SEG_MMDET_REF_SCRIPT') or \
         osp.join(REPO, '..', 'shared', 'mmdet_ref', 'mmdet_ref.py')
@@ -286,11 +455,15 @@ def mmdet_ref_script():
 
 
 # Runs in the reference interpreter: mmdet_ref.py's model building and evaluation dump, minus
-# its training-step dump (a third of its time), which the parity tests do not use.
+# its training-step dump (a third of its time), which the parity tests do not use. Each entry
+# is ``key=config=flag``: the dump of mmdet config (or alias) ``config`` goes to ref_<key>.pt;
+# flag 1 re-draws every GCNet ContextBlock's zero-initialised last conv and its LayerNorm's
+# affine parameters (seeded) before the norm layers are randomised and calibrated, so that a
+# fresh block is not the identity and the comparison sees its transform.
 _DUMP_DRIVER = """
 import logging, os, sys, warnings
 import torch
-script, size, threads, out_dir, *aliases = sys.argv[1:]
+script, size, threads, out_dir, *entries = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(script))
 import mmdet_ref
 from mmengine.logging import MMLogger
@@ -298,27 +471,61 @@ warnings.filterwarnings('ignore')
 torch.set_num_threads(int(threads))
 MMLogger.get_current_instance().setLevel(logging.WARNING)
 size = (int(size), int(size))
-for alias in aliases:
-    model, cfg, _ = mmdet_ref.build_model(alias, 0, 0.0, None, True, size)
-    dump = dict(model=alias, config_text=cfg.pretty_text, randomize_norm=True,
+
+
+def randomize_context_blocks(model, seed):
+    g = torch.Generator().manual_seed(seed + 4242)
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ != 'ContextBlock':
+                continue
+            for t in (getattr(m, 'channel_add_conv', None), getattr(m, 'channel_mul_conv', None)):
+                if t is None:
+                    continue
+                ln, last = t[1], t[-1]
+                ln.weight.copy_(0.5 + torch.rand(ln.weight.shape, generator=g))
+                ln.bias.copy_(0.1 * torch.randn(ln.bias.shape, generator=g))
+                bound = last.in_channels ** -0.5
+                last.weight.copy_((2 * torch.rand(last.weight.shape, generator=g) - 1) * bound)
+                last.bias.copy_((2 * torch.rand(last.bias.shape, generator=g) - 1) * bound)
+
+
+for entry in entries:
+    key, config, flag = entry.split('=')
+    if flag == '1':
+        model, cfg, _ = mmdet_ref.build_model(config, 0, 0.0, None, False, size)
+        randomize_context_blocks(model, 0)
+        mmdet_ref.randomize_norm(model, 0, size)
+    else:
+        model, cfg, _ = mmdet_ref.build_model(config, 0, 0.0, None, True, size)
+    dump = dict(model=key, config_text=cfg.pretty_text, randomize_norm=True,
+                randomize_context_blocks=flag == '1',
                 state_dict={k: v.detach().clone() for k, v in model.state_dict().items()})
     dump['eval'] = mmdet_ref.eval_dump(model, size, 0)
-    path = os.path.join(out_dir, f'ref_{alias}.pt')
+    path = os.path.join(out_dir, f'ref_{key}.pt')
     torch.save(dump, path)
-    print(f'[{alias}] dumped -> {path}', flush=True)
+    print(f'[{key}] dumped -> {path}', flush=True)
 """
 
 
 class MMDetDumps:
     """Reference dumps (seed 0, randomised norms, score threshold 0: every detection kept) made
     by ONE background run of the reference interpreter, so that it computes the next model while
-    we test the previous one. ``get(alias)`` waits for that alias's dump and loads it."""
+    we test the previous one. ``get(alias)`` waits for that alias's dump and loads it.
 
-    def __init__(self, python, aliases, out_dir, size=320, threads=1):
+    ``aliases`` are mmdet_ref.py's model aliases, or keys of ``configs`` (key -> mmdet config
+    path relative to mmdet's configs, since a path cannot name a dump file); the keys in
+    ``randomize_context_blocks`` get non-identity GCNet blocks (see ``_DUMP_DRIVER``)."""
+
+    def __init__(self, python, aliases, out_dir, size=320, threads=1, configs=None,
+                 randomize_context_blocks=()):
         self.out_dir = str(out_dir)
         self.done = {a: threading.Event() for a in aliases}
+        configs = configs or {}
+        entries = [f'{a}={configs.get(a, a)}={int(a in randomize_context_blocks)}'
+                   for a in aliases]
         cmd = [python, '-c', _DUMP_DRIVER, mmdet_ref_script(), str(size), str(threads),
-               self.out_dir, *aliases]
+               self.out_dir, *entries]
         self.cmd = f'{python} -c <mmdet_ref dump driver> {" ".join(cmd[3:])}'
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)

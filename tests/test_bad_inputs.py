@@ -304,8 +304,11 @@ def checkpoints(tmp_path_factory):
                                   htc=str(out / 'htc.pth'))
     torch.save(dict(state_dict=state, meta={}), paths.good)
     state = {k: v.clone() for k, v in state.items()}
-    state['roi_head.bbox_head.0.fc_cls.weight'][0, :3] = float('nan')
-    state['rpn_head.rpn_conv.bias'][1] = float('inf')
+    # in state-dict order: the RPN's conv bias (1 Inf), the classifier (3 NaN)
+    paths.bad_keys = [next(k for k in state if k.endswith('rpn_conv.bias')),
+                      next(k for k in state if k.endswith('fc_cls.weight'))]
+    state[paths.bad_keys[0]][1] = float('inf')
+    state[paths.bad_keys[1]][0, :3] = float('nan')
     torch.save(dict(state_dict=state, meta={}), paths.nan)
     torch.save(dict(state_dict=init_detector(HTC_CONFIG).state_dict(), meta={}), paths.htc)
     return paths
@@ -341,10 +344,10 @@ def test_test_py_refuses_non_finite_weights(synthetic, checkpoints, tmp_path):
         with pytest.raises(ValueError) as err:
             _tool('test').main([CONFIG, checkpoints.nan, '--work-dir', str(work), *extra,
                                 '--cfg-options', *synthetic.options])
+        rpn, cls = checkpoints.bad_keys
         assert str(err.value).startswith(
             f'{checkpoints.nan}: 2 weight tensors hold NaN/Inf values: '
-            'rpn_head.rpn_conv.bias (0 NaN, 1 Inf), roi_head.bbox_head.0.fc_cls.weight (3 NaN, '
-            '0 Inf).')
+            f'{rpn} (0 NaN, 1 Inf), {cls} (3 NaN, 0 Inf).')
         assert not (work / 'metrics.json').exists()
     from cascade_seg.apis import init_detector
     with pytest.raises(ValueError, match='2 weight tensors hold NaN/Inf'):

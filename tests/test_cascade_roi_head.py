@@ -10,7 +10,7 @@ from mmengine.structures import InstanceData, PixelData
 
 import cascade_seg.models  # noqa: F401  (registers everything)
 from cascade_seg.models.roi_heads.bbox_heads import postprocess_detections
-from cascade_seg.models.roi_heads.cascade_roi_head import merge_cfg, stage_cfgs
+from cascade_seg.models.roi_heads.stage_config import merge_cfg, stage_cfgs
 from cascade_seg.models.task_utils import boxes_to_rois
 from cascade_seg.registry import MODELS
 from cascade_seg.structures import DetDataSample
@@ -125,8 +125,16 @@ def test_stage_overrides_build_per_stage_modules():
     # the partial override merged onto the class defaults: type and means kept
     assert head.bbox_head[1].bbox_coder.means == (0., 0., 0., 0.)
     assert [h.loss_bbox.beta for h in head.bbox_head] == [1.0, 1.0, 0.5]
-    # identical extractor configs share one (parameter-free) module
-    assert len(head.bbox_roi_extractor) == 1 and len(head.mask_roi_extractor) == 1
+    # one extractor module per stage: a parametric extractor is never shared by accident ...
+    assert len(head.bbox_roi_extractor) == 3 and len(head.mask_roi_extractor) == 3
+    assert len({id(head.extractor('bbox', t)) for t in range(3)}) == 3
+    # ... unless sharing is asked for
+    shared = make_head(share_stage_extractors=True)
+    assert len(shared.bbox_roi_extractor) == 1 and len(shared.mask_roi_extractor) == 1
+    assert len({id(shared.extractor('mask', t)) for t in range(3)}) == 1
+    with pytest.raises(ValueError, match='same extractor config'):
+        make_head(share_stage_extractors=True,
+                  stage_overrides=dict(s1=dict(mask_roi_extractor=dict(finest_scale=28))))
 
 
 def test_per_stage_iou_thresholds_are_used():
@@ -207,9 +215,9 @@ def test_info_flow_chains_earlier_mask_heads():
     for info_flow, changes in ((True, True), (False, False)):
         head = make_head(mask_info_flow=info_flow).eval()
         with torch.no_grad():
-            before = head._mask_logits(1, feats)
+            before = head.mask_head.logits(1, feats)
             head.mask_head['0'].convs[0].conv.weight.mul_(2.0)
-            after = head._mask_logits(1, feats)
+            after = head.mask_head.logits(1, feats)
         assert (not torch.allclose(before, after)) == changes
     with pytest.raises(ValueError, match='shared'):
         make_head(mask_stages='shared', mask_info_flow=True)
@@ -248,6 +256,13 @@ def _boxes_and_labels():
     return boxes, boxes_to_rois(boxes), torch.tensor([0, 2, 1])
 
 
+def mask_probs(head, x, rois, labels):
+    """The mask branch's test-time probabilities of ``rois``."""
+    feats, _ = head.roi_features(x)
+    return head.mask_head.predict(lambda t: feats.pool(head.extractor('mask', t), rois, 'mask'),
+                                  rois, labels, {})
+
+
 def test_mask_average_all_vs_last():
     x, _, _ = make_batch()
     _, rois, labels = _boxes_and_labels()
@@ -256,15 +271,14 @@ def test_mask_average_all_vs_last():
         head_last = make_head(mask_info_flow=info_flow, mask_average='last').eval()
         head_last.load_state_dict(head_all.state_dict())
         with torch.no_grad():
-            feats = head_all._mask_feats(0, x, rois)
+            feats = head_all.extractor('mask', 0)(x, rois)
             per_stage, res = [], None
             for k in ('0', '1', '2'):
                 m = head_all.mask_head[k]
                 logits, res = m(feats, res if info_flow else None, return_feat=True)
                 per_stage.append(m.mask_probs(logits, labels))
-            assert torch.allclose(head_all._mask_probs(x, rois, labels, None),
-                                  sum(per_stage) / 3)
-            assert torch.allclose(head_last._mask_probs(x, rois, labels, None), per_stage[-1])
+            assert torch.allclose(mask_probs(head_all, x, rois, labels), sum(per_stage) / 3)
+            assert torch.allclose(mask_probs(head_last, x, rois, labels), per_stage[-1])
 
 
 def test_score_average_mean_vs_last():
@@ -278,7 +292,7 @@ def test_score_average_mean_vs_last():
     head_last = make_head(with_mask=False, score_average='last').eval()
     head_last.load_state_dict(head_mean.state_dict())
     with torch.no_grad():
-        feats = head_mean.bbox_extractor(0)(x, rois)
+        feats = head_mean.extractor('bbox', 0)(x, rois)
         logits = [h(feats)[0] for h in head_mean.bbox_head]
         shapes = [(64, 64)] * 2
         mean, _, out_rois = head_mean._refine_rois(x, rois, [2, 1], shapes)
@@ -294,13 +308,13 @@ def test_predict_outputs_and_one_stage_is_mask_rcnn():
         res = head.predict(x, props, samples)
         # Mask R-CNN by hand: one box head pass, decode, per-class NMS, rescale, masks
         rois = boxes_to_rois([p.bboxes for p in props])
-        cls_score, bbox_pred = head.bbox_head[0](head.bbox_extractor(0)(x, rois))
+        cls_score, bbox_pred = head.bbox_head[0](head.extractor('bbox', 0)(x, rois))
         coder = head.bbox_head[0].bbox_coder
         r0 = rois[:8]
         boxes = coder.decode(r0[:, 1:].repeat_interleave(NC, 0), bbox_pred[:8].reshape(-1, 4),
                              max_shape=(64, 64)).view(8, -1)
         b, s, l = postprocess_detections(boxes, cls_score[:8].softmax(-1), 0.0, 0.5, 8)
-        mask_feats = head.mask_extractor(0)(x, boxes_to_rois([b]))
+        mask_feats = head.extractor('mask', 0)(x, boxes_to_rois([b]))
         probs = head.mask_head['0'].mask_probs(head.mask_head['0'](mask_feats), l)
     r = res[0]
     assert torch.allclose(r.scores, s) and torch.equal(r.labels, l)
@@ -322,16 +336,23 @@ def test_one_stage_loads_unindexed_mmdet_names():
     assert torch.equal(dst.mask_head['0'].conv_logits.weight, src.mask_head['0'].conv_logits.weight)
 
 
-def test_mask_features_extracted_once_at_test_time():
-    head = make_head(**semantic_kw(), mask_info_flow=True).eval()
-    counts = {'bbox': 0, 'mask': 0}
-    for name in counts:
-        getattr(head, f'{name}_roi_extractor')[0].register_forward_hook(
-            lambda *a, name=name: counts.__setitem__(name, counts[name] + 1))
+@pytest.mark.parametrize('share', [False, True])
+def test_each_extractor_pools_once_at_test_time(share):
+    head = make_head(**semantic_kw(), mask_info_flow=True, share_stage_extractors=share).eval()
+    counts = {}
+    for task in ('bbox', 'mask'):
+        for key, m in getattr(head, f'{task}_roi_extractor').items():
+            m.register_forward_hook(lambda *a, k=(task, key): counts.__setitem__(
+                k, counts.get(k, 0) + 1))
     x, props, samples = make_batch()
     with torch.no_grad():
         res = head.predict(x, props, samples, rescale=False)
-    assert counts == {'bbox': 3, 'mask': 1}
+    # the box stages pool their own RoIs; every mask stage pools the same detections, once
+    # per extractor module
+    if share:
+        assert counts == {('bbox', 'shared'): 3, ('mask', 'shared'): 1}
+    else:
+        assert counts == {(task, str(t)): 1 for task in ('bbox', 'mask') for t in range(3)}
     assert res[0].masks.shape[1:] == (64, 64)          # not rescaled: network input frame
     assert (res[0].bboxes[:, 2:] <= 64).all()
 
@@ -406,3 +427,50 @@ def test_mmdet_style_per_stage_lists_and_train_cfg_list():
                    for s in (0.1, 0.05, 0.033)]))
     assert [a.pos_iou_thr for a in head.assigners] == [0.5, 0.6, 0.7]
     assert [h.bbox_coder.stds[0] for h in head.bbox_head] == [0.1, 0.05, 0.033]
+
+
+# ----------------------------------------------------------------- branches on given boxes
+def test_zero_box_stages_train_and_predict_branches_on_given_boxes():
+    cfg = dict(type='CascadeRoIHead', num_stages=0, mask_roi_extractor=ext(14),
+               mask_head=dict(type='FCNMaskHead', num_convs=1, in_channels=C,
+                              conv_out_channels=C, num_classes=NC),
+               train_cfg={k: v for k, v in train_cfg().items() if k != 'stage_overrides'},
+               test_cfg=TEST_CFG)
+    torch.manual_seed(0)
+    head = MODELS.build(cfg)
+    assert len(head.bbox_head) == 0 and head.branch_names == ['mask']
+    x, props, samples = make_batch()
+    losses = head.loss(x, props, samples)
+    assert set(losses) == {'s0.loss_mask'} and losses['s0.loss_mask'] > 0
+    losses['s0.loss_mask'].backward()
+    head.eval()
+    given = [InstanceData(bboxes=p.bboxes[:3], scores=torch.rand(3), labels=torch.tensor([0, 1, 2]))
+             for p in props]
+    with torch.no_grad():
+        res = head.predict(x, given, samples, rescale=False)
+    for r, g in zip(res, given):
+        assert torch.equal(r.bboxes, g.bboxes) and torch.equal(r.labels, g.labels)
+        assert r.masks.shape == (3, 64, 64) and r.masks.any()
+
+
+def test_predict_with_given_boxes_matches_predict():
+    head = make_head().eval()
+    x, props, samples = make_batch()
+    with torch.no_grad():
+        full = head.predict(x, props, samples)
+        boxes = head.predict(x, props, samples, rescale=False)   # network input frame
+        again = head.predict_with_given_boxes(x, boxes, samples)
+    for a, b in zip(full, again):
+        assert torch.allclose(a.bboxes, b.bboxes) and torch.equal(a.masks, b.masks)
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.scores, b.scores)
+
+
+def test_unknown_branch_key_is_named():
+    with pytest.raises(TypeError, match="'maks_head'.*mask_head"):
+        make_head(maks_head=dict(type='FCNMaskHead'))
+
+
+def test_num_classes_key_sets_every_class_head():
+    head = make_head(num_classes=5)
+    assert [h.num_classes for _, h in head.class_heads()] == [5] * 6
+    assert [n for n, _ in head.class_heads()][-3:] == ['mask_head.0', 'mask_head.1', 'mask_head.2']

@@ -166,9 +166,9 @@ def test_keypoints(tmp_path):
     ann_file.write_text(json.dumps(gt))
     boxes = torch.tensor([[10, 10, 22, 32], [40, 40, 52, 62]], dtype=torch.float32)
 
-    def run(points):
-        metric = CocoMetric(ann_file=str(ann_file), metric='keypoints')
-        metric.dataset_meta = dict(classes=('thing',))
+    def run(points, sigmas=0.05, meta=None):
+        metric = CocoMetric(ann_file=str(ann_file), metric='keypoints', kpt_oks_sigmas=sigmas)
+        metric.dataset_meta = dict(classes=('thing',), **(meta or {}))
         metric.process({}, [dict(img_id=5, ori_shape=(64, 64), pred_instances=dict(
             bboxes=boxes, scores=torch.ones(2), labels=torch.zeros(2, dtype=torch.long),
             keypoints=torch.from_numpy(points[..., :2]), keypoint_scores=torch.ones(2, 3)))])
@@ -176,7 +176,18 @@ def test_keypoints(tmp_path):
 
     res = run(kpts)
     assert res['keypoints_mAP'] == pytest.approx(1.0) and 'keypoints_mAP_s' not in res
-    assert run(kpts + np.array([6, 6, 0], np.float32))['keypoints_mAP'] < 0.5
+    shifted = kpts + np.array([2, 2, 0], np.float32)
+    assert run(shifted)['keypoints_mAP'] < 0.5
+    # the sigmas set the scale: wider ones forgive the same 2-pixel shift (per keypoint too,
+    # and from the dataset's metainfo when the metric has none)
+    assert run(shifted, sigmas=0.3)['keypoints_mAP'] > 0.9
+    assert run(shifted, sigmas=[0.3, 0.3, 0.3])['keypoints_mAP'] > 0.9
+    assert run(shifted, sigmas=None, meta=dict(kpt_oks_sigmas=[0.3] * 3))['keypoints_mAP'] > 0.9
+    # 3 keypoints and no sigmas anywhere: COCO's 17 person sigmas do not apply
+    with pytest.raises(ValueError, match='kpt_oks_sigmas'):
+        run(kpts, sigmas=None)
+    with pytest.raises(ValueError, match='2 sigmas for 3 keypoints'):
+        run(kpts, sigmas=[0.1, 0.1])
 
 
 def test_bad_arguments():

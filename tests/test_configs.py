@@ -6,7 +6,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from cascade_seg.models.detectors import check_num_classes
+from cascade_seg.engine.num_classes import check_num_classes
 from cascade_seg.registry import MODELS
 
 ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')

@@ -8,8 +8,9 @@ import torch
 from mmengine.config import Config
 from mmengine.structures import InstanceData, PixelData
 
+from cascade_seg.engine.num_classes import check_num_classes
 from cascade_seg.models.detectors import (CascadeRCNN, HybridTaskCascade, MaskRCNN,
-                                          TwoStageDetector, check_num_classes)
+                                          TwoStageDetector)
 from cascade_seg.registry import MODELS
 from cascade_seg.structures import DetDataSample
 
@@ -292,3 +293,61 @@ def test_check_num_classes():
     # nothing to check without class names; explicit names win
     assert check_num_classes(Config(dict(model=model))) is None
     assert check_num_classes(Config(dict(model=tiny_cfg())), classes=['x'] * 3) == 3
+
+
+# ----------------------------------------------------------------- keypoint branch
+KEYPOINTS = dict(roi_head=dict(
+    keypoint_roi_extractor=dict(
+        type='SingleRoIExtractor', out_channels=16, featmap_strides=[4, 8, 16, 32],
+        roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0)),
+    keypoint_head=dict(type='KeypointRCNNHead', num_keypoints=4, in_channels=16, num_convs=2,
+                       conv_out_channels=16)))
+
+
+def _with_keypoints(samples):
+    """Each GT gets its box's four edge midpoints as keypoints (the last one unlabelled)."""
+    for s in samples:
+        b = s.gt_instances.bboxes
+        cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+        kpts = torch.stack([torch.stack([cx, b[:, 1]], 1), torch.stack([cx, b[:, 3] - 1], 1),
+                            torch.stack([b[:, 0], cy], 1), torch.stack([b[:, 2] - 1, cy], 1)], 1)
+        vis = torch.tensor([2., 2., 1., 0.]).expand(len(b), 4)
+        s.gt_instances.keypoints = torch.cat([kpts, vis[..., None]], -1)
+    return samples
+
+
+@pytest.mark.parametrize('kind', ['mask', 'cascade'])
+def test_keypoint_branch_beside_the_mask_branch(kind):
+    model = build(kind, **KEYPOINTS)
+    assert model.roi_head.branch_names == ['mask', 'keypoint']
+    stages = 1 if kind == 'mask' else 3
+    # the keypoint branch trains at the last stage only, by default
+    assert model.roi_head.keypoint_head.stages == [stages - 1]
+    model.train()
+    inputs, samples = batch()
+    losses = model(inputs, _with_keypoints(samples), mode='loss')
+    assert f's{stages - 1}.loss_keypoint' in losses and losses[f's{stages - 1}.loss_keypoint'] > 0
+    assert not any('keypoint' in k for k in losses if not k.startswith(f's{stages - 1}.'))
+    _total(losses).backward()
+    assert model.roi_head.keypoint_head[str(stages - 1)].deconv.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model.predict(*batch())
+    for s in out:
+        r = s.pred_instances
+        assert r.keypoints.shape == (len(r), 4, 2) and r.keypoint_scores.shape == (len(r), 4)
+        assert r.masks.shape[0] == len(r) > 0
+        h, w = s.metainfo['ori_shape']
+        # keypoints lie in their boxes, in the original frame (image 2 is scaled by 2)
+        assert (r.keypoints[..., 0] >= r.bboxes[:, None, 0] - 1e-3).all()
+        assert (r.keypoints[..., 1] <= r.bboxes[:, None, 3] + 1e-3).all()
+        assert (r.keypoints[..., 0] <= w + 1e-3).all() and (r.keypoints[..., 1] <= h + 1e-3).all()
+
+
+def test_keypoint_loss_zero_without_keypoints():
+    model = build('mask', **KEYPOINTS).train()
+    inputs, samples = batch()
+    for s in samples:
+        s.gt_instances.keypoints = torch.zeros(len(s.gt_instances), 4, 3)  # all unlabelled
+    losses = model(inputs, samples, mode='loss')
+    assert losses['s0.loss_keypoint'] == 0 and losses['s0.loss_keypoint'].requires_grad

@@ -42,6 +42,10 @@ class ToyNet(BaseModel):
         self.bbox_head.num_classes = num_classes
         self.nan_at, self.calls, self.seen_dtypes = nan_at, 0, []
 
+    def class_heads(self):
+        """Declares its class-predicting head, as the RoI heads do."""
+        return [('bbox_head', self.bbox_head)]
+
     def forward(self, inputs, data_samples=None, mode='tensor'):
         feat = self.conv(inputs)
         self.seen_dtypes.append(feat.dtype)

@@ -17,31 +17,14 @@ from cascade_seg.structures import DetDataSample
 from cascade_seg.utils import (COCO80_CATEGORY_IDS, convert_torchvision, select_classes,
                                torchvision_to_mmdet)
 from parity_utils import (REPO, assert_same_detections, assert_tensor_close, build_from_config,
-                          load_converted, pre_nms_detections, record_head_calls, unpaired)
+                          capture, load_converted, pre_nms_detections, randomize_norms,
+                          record_head_calls, unpaired)
 
 pytestmark = [pytest.mark.slow, pytest.mark.parity]
 
 CONFIG = 'configs/mask_rcnn/mask-rcnn_r50_fpn_torchvision.py'
 H, W = 320, 384     # multiples of 64: torchvision derives anchor strides by integer division
 TENSOR_REL = 5e-4   # max abs error / max |reference|: float32 summation order through ResNet-50
-
-
-def randomize_norms(model, images, seed):
-    """Random BN affine parameters, then running statistics calibrated on ``images``
-    (as the MMDetection reference's ``--randomize-norm``): every residual branch matters and
-    activations stay O(1)."""
-    g = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for m in bns:
-            m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-            m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: exactly this batch's statistics
-        model.train()
-        body = model.backbone.body
-        body(model.transform(images)[0].tensors)
-        model.eval()
 
 
 @pytest.fixture(scope='module')
@@ -92,18 +75,6 @@ def test_key_mapping_covers_both_torchvision_namings():
     assert unmapped == ['roi_heads.something_else']
 
 
-def capture(obj, method, store):
-    """Wrap ``obj.method`` (on the instance) so that its return values land in ``store``;
-    returns the function that undoes it."""
-    orig = getattr(obj, method)
-
-    def wrapper(*args, **kwargs):
-        store.append(orig(*args, **kwargs))
-        return store[-1]
-    setattr(obj, method, wrapper)
-    return lambda: delattr(obj, method)
-
-
 @torch.no_grad()
 def test_torchvision_parity(setup):
     """One forward of each model; intermediate results are captured on the way."""
@@ -141,7 +112,7 @@ def test_torchvision_parity(setup):
         nms_iou=rpn_cfg['nms']['iou_threshold'], class_agnostic_nms=True)
     # box head on torchvision's proposals (float noise in ours would be amplified by the
     # sharpened classifier), torchvision's class layout converted to ours
-    cls, reg, _ = model.roi_head._bbox_forward(0, feats[0], boxes_to_rois([tv_boxes]))
+    cls, reg, _ = model.roi_head.bbox_forward(0, feats[0], boxes_to_rois([tv_boxes]))
     tv_cls, tv_reg = tv_box[0]
     assert_tensor_close('box cls_score', cls, torch.cat([tv_cls[:, 1:], tv_cls[:, :1]], 1),
                         TENSOR_REL)
@@ -181,7 +152,7 @@ def test_torchvision_parity_can_fail(setup):
         for f in undo:
             f()
     feats = wrong.extract_feat(data['inputs'])
-    cls, _, _ = wrong.roi_head._bbox_forward(0, feats, boxes_to_rois([tv_props[0][0][0]]))
+    cls, _, _ = wrong.roi_head.bbox_forward(0, feats, boxes_to_rois([tv_props[0][0][0]]))
     with pytest.raises(AssertionError, match='box cls_score'):
         assert_tensor_close('box cls_score', cls,
                             torch.cat([tv_box[0][0][:, 1:], tv_box[0][0][:, :1]], 1), TENSOR_REL)

@@ -106,3 +106,29 @@ def test_single_level_extractor_uses_that_level_for_all():
     feats = _feats()[1:2]
     rois = _square_rois([10, 500])
     torch.testing.assert_close(ext(feats, rois), roi_align(feats[0], rois, 4, 1 / 8, 0, True))
+
+
+def test_level_mapping_rules_are_registered_and_pluggable():
+    from cascade_seg.models.roi_heads.level_mapping import AreaRatioLevelMapping
+    from cascade_seg.registry import TASK_UTILS
+    rule = TASK_UTILS.build(dict(type='AreaRatioLevelMapping'))
+    assert isinstance(rule, AreaRatioLevelMapping)
+    # CenterMask's rule on an 800x1216 input, levels P3..P5 (strides 8, 16, 32)
+    h, w = 800, 1216
+    area = h * w
+
+    def box_of(frac):          # a box covering `frac` of the image, same aspect ratio
+        s = frac ** 0.5
+        return [0, 0, 0, w * s, h * s]
+    rois = torch.tensor([box_of(0.51), box_of(0.49), box_of(0.26), box_of(0.24), box_of(0.1),
+                         [0, 0, 0, 256, 256]])
+    levels = rule(rois, [8, 16, 32], img_shapes=[(h, w)]) + 3
+    assert levels.tolist() == [5, 4, 4, 3, 3, 3]
+    assert 256 * 256 / area < 0.25
+    # the extractor takes any registered rule by config
+    ext = SingleRoIExtractor(dict(type='RoIAlign', output_size=7, sampling_ratio=0), 4,
+                             [8, 16, 32], level_mapping=dict(type='AreaRatioLevelMapping'))
+    feats = [torch.randn(1, 4, h // s, w // s) for s in (8, 16, 32)]
+    with pytest.raises(ValueError, match='img_shapes'):
+        ext(feats, rois)
+    assert ext(feats, rois, img_shapes=[(h, w)]).shape == (6, 4, 7, 7)

@@ -107,8 +107,8 @@ def test_htc_last_mask_skips_unused_logits():
     rois = torch.tensor([[0., 2, 2, 30, 40], [0, 10, 5, 50, 60]])
     labels = torch.tensor([1, 0])
     with torch.no_grad():
-        probs = head._mask_probs(x, rois, labels, None)
-        feats, res = head._mask_feats(0, x, rois), None
+        feats, res = head.extractor('mask', 0)(x, rois), None
+        probs = head.mask_head.predict(lambda t: feats, rois, labels, {})
         for k in ('0', '1'):
             res = head.mask_head[k](feats, res, return_logits=False)
         ref = head.mask_head['2'].mask_probs(head.mask_head['2'](feats, res), labels)
@@ -130,7 +130,7 @@ def test_paste_chunking_does_not_change_masks():
 def test_avg_pool_to_matches_adaptive_avg_pool():
     from torch.nn import functional as F
 
-    from cascade_seg.models.roi_heads.cascade_roi_head import avg_pool_to
+    from cascade_seg.models.roi_heads.roi_features import avg_pool_to
     x = torch.randn(3, 4, 14, 14, requires_grad=True)
     out = avg_pool_to(x, (7, 7))
     ref = F.adaptive_avg_pool2d(x, (7, 7))

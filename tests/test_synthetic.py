@@ -190,3 +190,52 @@ def test_config_dataset_and_metric_end_to_end(tiny):
     metric.process({}, samples)
     res = metric.compute_metrics(metric.results)
     assert res['bbox_mAP'] == pytest.approx(1.0) and res['segm_mAP'] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------- keypoints (extreme points)
+def test_extreme_points_of_a_constructed_shape():
+    full = np.zeros((20, 30), bool)
+    full[2:10, 5:25] = True        # a bar ...
+    full[10:18, 12:15] = True      # ... with a leg: bottom extreme is the leg's middle pixel
+    visible = full.copy()
+    visible[:, 20:] = False        # a later object hides the right end
+    (tx, ty, tv), (bx, by, bv), (lx, ly, lv), (rx, ry, rv) = syn.extreme_points(full, visible)
+    assert (ty, by, lx, rx) == (2.5, 17.5, 5.5, 24.5)        # pixel centres of the extremes
+    assert (tx, bx) == (14.5, 13.5) and (ly, ry) == (5.5, 5.5)  # middle of the extreme row/column
+    assert (tv, bv, lv, rv) == (2, 2, 2, 1)                  # the hidden one is labelled, not visible
+
+
+def test_keypoint_files_leave_instances_untouched(tiny):
+    before = {s: open(tiny[f'{s}_ann'], 'rb').read() for s in ('train', 'val')}
+    paths = syn.make_synthetic_keypoints(tiny['out_dir'])
+    assert syn.make_synthetic_keypoints(tiny['out_dir']) == paths          # reused
+    for split in ('train', 'val'):
+        assert open(tiny[f'{split}_ann'], 'rb').read() == before[split]
+        inst, kp = _load(tiny[f'{split}_ann']), _load(paths[split])
+        assert [c['name'] for c in kp['categories']] == ['shape']
+        assert kp['categories'][0]['keypoints'] == list(syn.KEYPOINT_NAMES)
+        assert [(a['id'], a['bbox']) for a in kp['annotations']] == \
+            [(a['id'], a['bbox']) for a in inst['annotations']]
+        for ann in kp['annotations']:
+            k = np.asarray(ann['keypoints']).reshape(4, 3)
+            assert set(k[:, 2]) <= {1.0, 2.0} and ann['num_keypoints'] == 4
+            h, w = TINY['image_size']
+            assert (k[:, 0] > 0).all() and (k[:, 0] < w).all() and (k[:, 1] < h).all()
+            assert k[0, 1] <= k[1, 1] and k[2, 0] <= k[3, 0]      # top above bottom, left of right
+
+
+def test_keypoint_config_reads_the_files(tiny):
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from cascade_seg.registry import DATASETS
+    syn.make_synthetic_keypoints(tiny['out_dir'])
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'keypoint_rcnn',
+                                   'keypoint-rcnn_r18_fpn_synthetic.py'))
+    with DefaultScope.overwrite_default_scope('cascade_seg'):
+        train = DATASETS.build(dict(cfg.train_dataloader.dataset, data_root=tiny['out_dir']))
+    # left/right swap under horizontal flips, from the keypoint names
+    assert train.metainfo['flip_indices'] == [0, 1, 3, 2]
+    gt = next(train[i]['data_samples'].gt_instances for i in range(len(train))
+              if len(train.get_data_info(i)['instances']))
+    assert gt.keypoints.shape == (len(gt), 4, 3) and 'masks' not in gt

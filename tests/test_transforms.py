@@ -106,7 +106,8 @@ def test_load_annotations_empty_shapes(foreign_coco):
     assert r['gt_bboxes'].shape == (0, 4) and r['gt_bboxes'].dtype == np.float32
     assert r['gt_bboxes_labels'].shape == (0,) and r['gt_ignore_flags'].shape == (0,)
     assert r['gt_masks'].shape == (0, 32, 32) and r['gt_masks'].dtype == np.uint8
-    assert r['gt_keypoints'].shape == (0, 0, 3)
+    # the dataset's keypoint count (5 names in the 'person' category), even without instances
+    assert r['gt_keypoints'].shape == (0, 5, 3)
     with pytest.raises(ValueError, match='seg_map_path'):
         LoadAnnotations(with_seg=True)(dict(img_path='x.png', seg_map_path=None, instances=[],
                                             height=4, width=4))

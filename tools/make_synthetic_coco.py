@@ -1,12 +1,12 @@
 """Generate the embedded synthetic COCO dataset and print its statistics.
 
     python tools/make_synthetic_coco.py --out data/synthetic --num-train 300 --num-val 60 \
-        --size 128 --seed 0
+        --size 128 --seed 0 [--keypoints]
 """
 import argparse
 import sys
 
-from cascade_seg.datasets.synthetic import DIFFICULTY, make_synthetic_coco
+from cascade_seg.datasets.synthetic import DIFFICULTY, make_synthetic_coco, make_synthetic_keypoints
 
 
 def parse_args(argv=None):
@@ -19,6 +19,8 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--difficulty', default='medium', choices=sorted(DIFFICULTY))
     p.add_argument('--p-empty', type=float, default=0.1, help='fraction of images with no objects')
+    p.add_argument('--keypoints', action='store_true',
+                   help='also write annotations/keypoints_{train,val}.json (extreme points)')
     p.add_argument('--force', action='store_true',
                    help='regenerate even if an identical set exists')
     return p.parse_args(argv)
@@ -44,6 +46,9 @@ def main(argv=None):
     print(('reused existing dataset in ' if res['skipped'] else 'wrote dataset to ') + args.out)
     for split, stats in res['stats'].items():
         print(format_stats(split, stats))
+    if args.keypoints:
+        paths = make_synthetic_keypoints(args.out, force=args.force)
+        print('keypoints: ' + ', '.join(paths.values()))
     return res
 
 

@@ -1,8 +1,9 @@
-"""Config-driven ablations: specs, the variant runner and table rendering."""
-from .runner import failed_variants, run_one, run_spec, summarize
+"""Config-driven ablations: specs, the variant runner, statistics and table rendering."""
+from .runner import failed_runs, failed_variants, run_one, run_spec, summarize
 from .spec import AblationSpec, OverrideError, Variant, apply_overrides, config_hash, load_spec
-from .table import load_results, plot, render
+from . import stats
+from .table import attach_statistics, load_results, plot, render
 
-__all__ = ['AblationSpec', 'OverrideError', 'Variant', 'apply_overrides', 'config_hash',
-           'load_spec', 'failed_variants', 'run_one', 'run_spec', 'summarize', 'load_results',
-           'plot', 'render']
+__all__ = ['AblationSpec', 'OverrideError', 'Variant', 'apply_overrides', 'config_hash', 'stats',
+           'load_spec', 'failed_runs', 'failed_variants', 'run_one', 'run_spec', 'summarize',
+           'attach_statistics', 'load_results', 'plot', 'render']

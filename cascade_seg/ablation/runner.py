@@ -1,5 +1,11 @@
 """Run an ablation spec: every variant through the same Runner path as tools/train.py and
-tools/test.py, one work dir per variant and seed, resumable, failures isolated per variant."""
+tools/test.py, one work dir per variant and seed, resumable, failures isolated per variant.
+
+Each run is evaluated once (the test pass; the training loop's own validation is switched
+off) and keeps the per-image COCO matching of that evaluation (``eval_{bbox,segm}.npz``) so
+that tables can recompute bootstrap intervals later without running any model.
+"""
+import copy
 import json
 import math
 import os
@@ -11,10 +17,13 @@ import sys
 import time
 import traceback
 
+from .progress import (PROGRESS_FILE, JobConsole, ProgressHook, fmt_duration, planned_length)
 from .spec import build_variant_config, config_hash, load_spec
 
 RESULT_FILE = 'result.json'
 SUMMARY_FILE = 'results.json'
+CONSOLE_LOG = 'console.log'
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 
 
 def _read_json(path):
@@ -41,13 +50,69 @@ def _jsonable(x):
     return str(x)
 
 
-def _log(msg):
-    print(f'[ablate {time.strftime("%H:%M:%S")}] {msg}', flush=True)
+def _log(msg, stream=None):
+    print(f'[ablate {time.strftime("%H:%M:%S")}] {msg}', file=stream or sys.stdout, flush=True)
 
 
 def _is_main_process():
     from mmengine.dist import get_rank
     return get_rank() == 0
+
+
+def last_line(text):
+    """The last non-empty line of an error message or log (what a terminal shows last)."""
+    lines = [ln.strip() for ln in str(text or '').splitlines() if ln.strip()]
+    return lines[-1] if lines else ''
+
+
+def prepare_run(spec, variant, seed):
+    """The resolved config of one (variant, seed) and its hash; raises for a broken variant."""
+    cfg = build_variant_config(spec, variant)
+    digest = config_hash(cfg, seed, extra=dict(run=spec.run, speed=spec.speed,
+                                               checkpoint=variant.checkpoint))
+    return cfg, digest
+
+
+def describe_schedule(cfg, variant=None):
+    """One line: training length, batch, optimizer and LR, LR steps, autocast."""
+    if variant is not None and variant.checkpoint is not None:
+        return f'evaluated from {variant.checkpoint}'
+    length, unit = planned_length(cfg)
+    noun = dict(epochs='epoch', iters='iteration')[unit]
+    parts = [f"{length} {noun}{'' if length == 1 else 's'}" if length else 'no training']
+    batch = (cfg.get('train_dataloader') or {}).get('batch_size')
+    if batch:
+        parts.append(f'batch {batch}')
+    ow = cfg.get('optim_wrapper') or {}
+    opt = ow.get('optimizer') or {}
+    if opt.get('type'):
+        lr = opt.get('lr')
+        parts.append(f"{opt['type']} lr {lr:g}" if isinstance(lr, (int, float)) else opt['type'])
+    scheds = cfg.get('param_scheduler') or []
+    for sched in [scheds] if isinstance(scheds, dict) else scheds:
+        if not isinstance(sched, dict) or not sched.get('milestones'):
+            continue
+        by_epoch = sched.get('by_epoch', True)
+        steps = [m for m in sched['milestones']
+                 if not length or by_epoch != (unit == 'epochs') or m < length]
+        if steps:  # the LR steps that happen within the training
+            parts.append(f"LR x{sched.get('gamma', 0.1):g} after "
+                         f"{'epoch' if by_epoch else 'iteration'} "
+                         f"{', '.join(str(m) for m in steps)}")
+    if ow.get('type') in ('AmpOptimWrapper', 'AutocastOptimWrapper'):
+        parts.append(f"{ow.get('dtype', 'float16')} autocast")
+    return ', '.join(parts)
+
+
+def _clean_stale(vdir):
+    """Remove a run folder's contents of another config (its log of earlier attempts stays)."""
+    if not osp.isdir(vdir):
+        return
+    for entry in os.listdir(vdir):
+        if entry == CONSOLE_LOG:
+            continue
+        path = osp.join(vdir, entry)
+        shutil.rmtree(path) if osp.isdir(path) and not osp.islink(path) else os.remove(path)
 
 
 def run_one(spec, variant, seed, work_dir, launcher='none'):
@@ -61,20 +126,18 @@ def run_one(spec, variant, seed, work_dir, launcher='none'):
     record = dict(name=variant.name, seed=seed, config=variant.config,
                   overrides=variant.overrides, work_dir=vdir, status='running')
     try:
-        cfg = build_variant_config(spec, variant)
-        digest = config_hash(cfg, seed, extra=dict(run=spec.run, speed=spec.speed,
-                                                   checkpoint=variant.checkpoint))
+        cfg, digest = prepare_run(spec, variant, seed)
     except Exception as e:  # a broken variant must not stop the others
         record.update(status='failed', error=f'{type(e).__name__}: {e}')
         _write_json(record_path, record)
         return record
-    record['hash'] = digest
+    record.update(hash=digest, schedule=describe_schedule(cfg, variant))
     old = _read_json(record_path)
     if old and old.get('hash') == digest and old.get('status') == 'done':
         old['skipped'] = True
         return old
-    if old and old.get('hash') != digest and osp.isdir(vdir):
-        shutil.rmtree(vdir)  # stale checkpoints of another config must not be resumed
+    if old and old.get('hash') != digest:
+        _clean_stale(vdir)  # stale checkpoints of another config must not be resumed
     os.makedirs(vdir, exist_ok=True)
     _write_json(record_path, record)
 
@@ -91,35 +154,87 @@ def run_one(spec, variant, seed, work_dir, launcher='none'):
     return record
 
 
+def _without_val(cfg):
+    """The config with the training loop's validation switched off.
+
+    mmengine's train loops always validate after the last epoch / iteration whatever
+    ``val_interval`` says; with a test pass afterwards the same model would be evaluated
+    twice with identical numbers. The test pass is the one evaluation.
+    """
+    cfg = copy.deepcopy(cfg)
+    for key in ('val_dataloader', 'val_cfg', 'val_evaluator'):
+        cfg[key] = None
+    return cfg
+
+
 def _execute(spec, variant, cfg, seed, vdir, launcher):
     from cascade_seg.engine.benchmark import benchmark
     from cascade_seg.engine.runner_utils import build_runner
 
     cfg.work_dir = vdir
     cfg.randomness = dict(seed=seed, deterministic=False)
-    out = dict(metrics={}, speed={})
+    progress = ProgressHook(osp.join(vdir, PROGRESS_FILE))
+    out = dict(metrics={}, speed={}, eval={})
     runner = None
+    test = spec.run.get('test', True)
     if spec.run.get('train', True) and variant.checkpoint is None:
         resume = 'auto' if osp.exists(osp.join(vdir, 'last_checkpoint')) else None
-        runner = build_runner(cfg, work_dir=vdir, resume=resume, launcher=launcher)
+        runner = build_runner(_without_val(cfg) if test else cfg, work_dir=vdir, resume=resume,
+                              launcher=launcher)
+        runner.register_hook(progress, priority='VERY_LOW')
         runner.train()
         out['train_time_s'] = _train_time(runner)
-    if spec.run.get('test', True):
+    if test:
         if runner is None:
             if variant.checkpoint is None:
                 raise ValueError('test without training needs the variant to name a checkpoint')
             cfg.load_from = variant.checkpoint
             runner = build_runner(cfg, work_dir=vdir, launcher=launcher)
+            runner.register_hook(progress, priority='VERY_LOW')
         out['metrics'] = {k: _plain(v) for k, v in runner.test().items()}
+        if _is_main_process():
+            out['eval'], out['eval_exact'] = _save_eval_data(runner, vdir, out['metrics'])
     if runner is not None:
         out['params'] = sum(p.numel() for p in runner.model.parameters())
     # Peak resident memory of this process so far: per variant when each variant runs in
-    # its own process (run_spec(isolate=True), tools/ablate.py --isolate, the demo).
+    # its own process (tools/ablate.py's default, run_spec(isolate=True), the demo).
     out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if _is_main_process():
         for task in spec.run.get('speed') or ():
             out['speed'][task] = benchmark(cfg, task=task, **spec.speed)
     return out
+
+
+def _save_eval_data(runner, vdir, metrics):
+    """Store the per-image COCO matching of the test evaluation (``eval_<type>.npz``).
+
+    Returns ``({iou_type: file name}, {iou_type: exact})``; ``exact`` says that AP, AP50
+    and AP75 recomputed from the stored data equal the reported metrics bit for bit.
+    """
+    from mmengine.logging import print_log
+
+    from .stats import EVAL_METRICS, extract_eval, point_metrics, save_eval
+    saved, exact = {}, {}
+    for metric in getattr(runner.test_evaluator, 'metrics', None) or []:
+        evals = getattr(metric, 'coco_evals', None) or {}
+        prefix = getattr(metric, 'prefix', None) or getattr(metric, 'default_prefix', '')
+        for iou_type, coco_eval in evals.items():
+            if iou_type not in ('bbox', 'segm'):
+                continue
+            data = extract_eval(coco_eval)
+            recomputed = point_metrics(data)
+            reported = {m: metrics.get(f'{prefix}/{iou_type}_{m}' if prefix else
+                                       f'{iou_type}_{m}') for m in EVAL_METRICS}
+            exact[iou_type] = all(reported[m] == recomputed[m] for m in EVAL_METRICS)
+            if not exact[iou_type]:
+                print_log(f'per-image {iou_type} data recompute {recomputed}, the metric '
+                          f'reported {reported}', logger='current', level=30)
+            name = f'eval_{iou_type}.npz'
+            save_eval(osp.join(vdir, name), data, iou_type=iou_type, reported=reported)
+            saved[iou_type] = name
+        if evals:
+            metric.coco_evals = {}  # the COCOeval objects hold the whole GT: free them
+    return saved, exact
 
 
 def _train_time(runner):
@@ -137,19 +252,141 @@ def _plain(v):
     return v
 
 
-def _subprocess_one(spec_path, name, seed, work_dir, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, osp.join(osp.dirname(__file__), '..', '..', 'tools', 'ablate.py'),
-           spec_path, '--work-dir', work_dir, '--only', name, '--seeds', str(seed), '--no-summary']
-    return subprocess.Popen(cmd, env=env)
+def _metrics_text(rec):
+    m = rec.get('metrics', {})
+    parts = [f'{label} {100 * m[k]:.1f}' for k, label in
+             (('coco/bbox_mAP', 'box AP'), ('coco/segm_mAP', 'mask AP')) if k in m]
+    return ', '.join(parts)
+
+
+def _finish_text(rec, seconds=None):
+    took = f' after {fmt_duration(seconds)}' if seconds is not None else ''
+    if rec.get('status') != 'done':
+        return f'FAILED{took}: {last_line(rec.get("error"))}'
+    if rec.get('skipped'):
+        return 'unchanged since it finished, skipped: ' + _metrics_text(rec)
+    took = f' in {fmt_duration(seconds)}' if seconds is not None else ''
+    text = _metrics_text(rec)
+    return f'done{took}' + (f': {text}' if text else '')
+
+
+def _worker_threads(jobs):
+    per_job = max(1, (os.cpu_count() or 1) // jobs)
+    user = os.environ.get('OMP_NUM_THREADS')
+    return min(per_job, int(user)) if user and user.isdigit() and int(user) > 0 else per_job
+
+
+def _worker_cmd(spec_path, name, seed, work_dir):
+    return [sys.executable, osp.join(ROOT, 'tools', 'ablate.py'), spec_path, '--work-dir',
+            work_dir, '--only', name, '--seeds', str(seed), '--no-summary', '--in-process']
+
+
+def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
+    """Every (variant, seed) in its own process, ``jobs`` at once; their output goes to
+    ``<run folder>/console.log``, the console shows start/finish lines and one bar."""
+    runs = []
+    for v, s in todo:
+        vdir = osp.join(work_dir, v.name, f'seed{s}')
+        info = dict(variant=v, seed=s, vdir=vdir, label=f'{v.name} seed {s}', length=0,
+                    unit='epochs', digest=None, error=None)
+        try:
+            cfg, info['digest'] = prepare_run(spec, v, s)
+            if spec.run.get('train', True) and v.checkpoint is None:
+                info['length'], info['unit'] = planned_length(cfg)
+        except Exception as e:
+            info['error'] = f'{type(e).__name__}: {e}'
+        runs.append(info)
+    console = JobConsole(runs, stream=stream)
+    env = dict(os.environ, OMP_NUM_THREADS=str(_worker_threads(jobs)))
+    pending, running, n = list(range(len(runs))), {}, len(runs)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                i = pending.pop(0)
+                info, tag = runs[i], f'[{i + 1}/{n}] {runs[i]["label"]}'
+                record_path = osp.join(info['vdir'], RESULT_FILE)
+                if info['error']:  # the config does not build: recorded without a process
+                    rec = run_one(spec, info['variant'], info['seed'], work_dir)
+                    console.finished(i, ok=False)
+                    console.line(f'{tag}: {_finish_text(rec)}')
+                    continue
+                old = _read_json(record_path)
+                if old and old.get('hash') == info['digest'] and old.get('status') == 'done':
+                    console.finished(i, skipped=True)
+                    console.line(f'{tag}: {_finish_text(dict(old, skipped=True))}')
+                    continue
+                if old and old.get('hash') != info['digest']:
+                    _clean_stale(info['vdir'])
+                os.makedirs(info['vdir'], exist_ok=True)
+                log_path = osp.join(info['vdir'], CONSOLE_LOG)
+                log = open(log_path, 'a')
+                log.write(f'==== {time.strftime("%Y-%m-%d %H:%M:%S")} '
+                          f'{info["label"]} (hash {info["digest"]})\n')
+                log.flush()
+                proc = subprocess.Popen(
+                    _worker_cmd(spec_path, info['variant'].name, info['seed'], work_dir),
+                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
+                running[i] = (proc, log, time.time())
+                console.started(i)
+                console.line(f'{tag}: started (log: {log_path})')
+            for i, (proc, log, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[i]
+                info, tag = runs[i], f'[{i + 1}/{n}] {runs[i]["label"]}'
+                rec = _collect(info, proc.returncode)
+                console.finished(i, ok=rec.get('status') == 'done')
+                msg = f'{tag}: {_finish_text(rec, time.time() - t0)}'
+                if rec.get('status') != 'done':
+                    msg += f' (log: {osp.join(info["vdir"], CONSOLE_LOG)})'
+                console.line(msg)
+            console.draw()
+            if running:
+                time.sleep(0.5)
+    finally:
+        for proc, log, _ in running.values():  # interrupted: stop our own workers
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        console.close()
+
+
+def _collect(info, returncode):
+    """The record a worker left; a worker that died without one (killed, out of memory)
+    is recorded as failed with the last line of its log."""
+    record_path = osp.join(info['vdir'], RESULT_FILE)
+    rec = _read_json(record_path) or {}
+    if rec.get('hash') == info['digest'] and rec.get('status') in ('done', 'failed'):
+        return rec
+    try:
+        with open(osp.join(info['vdir'], CONSOLE_LOG), errors='replace') as f:
+            tail = last_line(f.read()[-4000:])
+    except OSError:
+        tail = ''
+    rec = dict(rec, name=info['variant'].name, seed=info['seed'], hash=info['digest'],
+               config=info['variant'].config, work_dir=info['vdir'], status='failed',
+               error=f'worker process exited with status {returncode}'
+               + (f': {tail}' if tail else ''))
+    _write_json(record_path, rec)
+    return rec
 
 
 def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None,
-             write_summary=True, isolate=False):
+             write_summary=True, isolate=False, bootstrap=1000, ci_seed=0, stream=None):
     """Run every (variant, seed) of a spec; returns the summary (also ``results.json``).
 
-    ``jobs > 1`` or ``isolate`` runs each (variant, seed) in its own subprocess (``jobs`` at
-    once), which also makes its recorded peak memory its own.
+    ``isolate`` (or ``jobs > 1``) runs each (variant, seed) in its own process with its
+    output in its folder's ``console.log`` and a progress bar on the console; this also
+    makes its recorded peak memory its own. In-process runs (the default of this function,
+    and distributed launches) leave the Runner's logging on the console.
+
+    With ``write_summary`` the summary gets bootstrap statistics (``bootstrap`` replicates,
+    RNG ``ci_seed``; see :mod:`cascade_seg.ablation.stats`) and is written to
+    ``work_dir/results.json``. ``summary['job']`` lists the runs of this call that failed.
     """
     spec = load_spec(spec_path)
     if seeds is not None:
@@ -160,44 +397,56 @@ def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None
     todo = [(v, s) for v in variants for s in spec.seeds]
     os.makedirs(work_dir, exist_ok=True)
     if (jobs > 1 or isolate) and launcher == 'none':
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        running = []
-        for i, (v, s) in enumerate(todo):
-            _log(f'[{i + 1}/{len(todo)}] {v.name} seed {s}: started in a subprocess')
-            running.append(_subprocess_one(spec_path, v.name, s, work_dir, threads))
-            while len(running) >= jobs:
-                running = [p for p in running if p.poll() is None]
-                time.sleep(1)
-        for p in running:
-            p.wait()
+        _run_isolated(spec, spec_path, todo, work_dir, jobs, stream)
     else:
         for i, (v, s) in enumerate(todo):
-            _log(f'[{i + 1}/{len(todo)}] {v.name} seed {s}: running')
+            tag = f'[{i + 1}/{len(todo)}] {v.name} seed {s}'
+            _log(f'{tag}: started', stream)
+            start = time.time()
             rec = run_one(spec, v, s, work_dir, launcher=launcher)
-            _log(f'[{i + 1}/{len(todo)}] {v.name} seed {s}: {_one_line(rec)}')
+            _log(f'{tag}: {_finish_text(rec, None if rec.get("skipped") else time.time() - start)}',
+                 stream)
     summary = summarize(spec, work_dir)
+    failed = []
+    for v, s in todo:
+        rec = _read_json(osp.join(work_dir, v.name, f'seed{s}', RESULT_FILE)) or {}
+        if rec.get('status') == 'failed':
+            failed.append(dict(name=v.name, seed=s, error=last_line(rec.get('error'))))
+    summary['job'] = dict(runs=[dict(name=v.name, seed=s) for v, s in todo], failed=failed)
     if write_summary and _is_main_process():
+        from .table import attach_statistics
+        start = time.time()
+        attach_statistics(summary, root=work_dir, num_replicates=bootstrap, seed=ci_seed)
+        st = summary.get('statistics') or {}
+        if st.get('variants'):
+            _log(f"statistics: paired bootstrap over {st['settings'].get('num_images')} "
+                 f"validation images, B={st['settings']['replicates']} "
+                 f"({time.time() - start:.1f} s)", stream)
         _write_json(osp.join(work_dir, SUMMARY_FILE), summary)
     return summary
 
 
 def failed_variants(summary):
-    """Names of the variants in a summary that did not finish."""
-    return [r['name'] for r in summary['variants'] if r.get('status') != 'done']
+    """Names of the variants whose runs failed: those of the job that produced ``summary``
+    when it says (``summary['job']``), else every row marked failed. Variants that have not
+    run are not failures."""
+    if 'job' in summary:
+        return list(dict.fromkeys(f['name'] for f in summary['job']['failed']))
+    return [r['name'] for r in summary['variants'] if r.get('status') == 'failed']
 
 
-def _one_line(rec):
-    if rec.get('status') != 'done':
-        return f"FAILED ({rec.get('error')})"
-    m = rec.get('metrics', {})
-    parts = [f'{k}={m[k]:.3f}' for k in ('coco/bbox_mAP', 'coco/segm_mAP') if k in m]
-    if rec.get('skipped'):
-        parts.append('(unchanged, skipped)')
-    return 'done ' + ' '.join(parts)
+def failed_runs(summary):
+    """``[{name, seed, error}]`` of the runs of this job that failed (error: its last line)."""
+    if 'job' in summary:
+        return list(summary['job']['failed'])
+    return [dict(name=r['name'], seed=run.get('seed'), error=last_line(run.get('error')))
+            for r in summary['variants'] for run in r.get('runs', [])
+            if run.get('status') == 'failed']
 
 
 def summarize(spec, work_dir):
-    """Collect per-seed records into one entry per variant: mean and std over seeds."""
+    """Collect per-seed records into one entry per variant: mean and std over seeds, and
+    where each seed's files are (paths relative to ``work_dir``)."""
     rows = []
     for v in spec.variants:
         recs = [_read_json(osp.join(work_dir, v.name, f'seed{s}', RESULT_FILE))
@@ -206,22 +455,44 @@ def summarize(spec, work_dir):
         done = [r for r in recs if r.get('status') == 'done']
         row = dict(name=v.name, config=v.config, overrides=v.overrides,
                    seeds=[r['seed'] for r in done], hashes=sorted({r.get('hash') for r in recs}))
+        if v.paper:
+            row['paper'] = dict(v.paper)
+        row['runs'] = [_run_entry(v, r) for r in recs]
         if not done:
-            errors = [r.get('error') for r in recs if r.get('error')]
-            row.update(status='failed' if errors else 'missing',
-                       error=errors[0] if errors else 'not run')
+            errors = [r.get('error') for r in recs if r.get('status') == 'failed']
+            if errors:
+                row.update(status='failed', error=last_line(errors[0]))
+            else:
+                row.update(status='missing', error='not run')
             rows.append(row)
             continue
         row['status'] = 'done'
+        schedules = sorted({r.get('schedule') for r in done if r.get('schedule')})
+        if schedules:
+            row['schedule'] = '; '.join(schedules)
         flat = [_flatten(r) for r in done]
         keys = [k for k in flat[0] if all(k in f for f in flat)]
         row['mean'] = {k: _mean([f[k] for f in flat]) for k in keys}
         row['std'] = {k: _std([f[k] for f in flat]) for k in keys}
-        row['per_iou'] = {k: v for k, v in done[0].get('metrics', {}).items()
-                          if isinstance(v, list)}
+        curves = {}
+        for k in done[0].get('metrics', {}):
+            per_seed = [r.get('metrics', {}).get(k) for r in done]
+            if all(isinstance(c, list) and len(c) == len(per_seed[0]) for c in per_seed):
+                curves[k] = [_mean(vals) for vals in zip(*per_seed)]
+        row['per_iou'] = curves
         rows.append(row)
     return dict(spec=spec.path, name=spec.name, seeds=spec.seeds, report=spec.report,
-                speed_settings=spec.speed, variants=rows)
+                protocol=spec.protocol, speed_settings=spec.speed, variants=rows)
+
+
+def _run_entry(variant, rec):
+    entry = dict(seed=rec.get('seed'), status=rec.get('status'),
+                 dir=osp.join(variant.name, f"seed{rec.get('seed')}"))
+    if rec.get('eval'):
+        entry['eval'] = {t: osp.join(entry['dir'], f) for t, f in rec['eval'].items()}
+    if rec.get('status') == 'failed':
+        entry['error'] = last_line(rec.get('error'))
+    return entry
 
 
 def _flatten(rec):

@@ -12,7 +12,11 @@ A spec is an mmengine python config::
     run = dict(train=True, test=True, speed=['inference', 'train'])
     speed = dict(img_size=128, threads=2, warmup=1, runs=3)
     seeds = [0]
-    report = dict(baseline='mask_first', columns=['bbox_mAP', 'segm_mAP'])
+    report = dict(baseline='mask_first', columns=['bbox_mAP', 'segm_mAP'],
+                  delta=['segm_mAP'])   # the metrics that get a "Δ [95% CI]" column
+    # a variant may carry paper=dict(segm_mAP=36.4): the published number (AP in %), printed
+    # in a "paper" column beside ours
+    protocol = 'R18-FPN from scratch on the synthetic set, 6 epochs'  # printed under the table
 
 Override keys are dotted paths into the resolved config (the ``--cfg-options`` syntax).
 A key whose parent does not exist, or whose leaf is not in its parent, is an error that
@@ -44,6 +48,7 @@ class Variant:
     config: str
     overrides: dict = field(default_factory=dict)
     checkpoint: str = None  # eval-only variants
+    paper: dict = field(default_factory=dict)  # the paper's numbers for this row, by metric
 
 
 @dataclass
@@ -55,6 +60,7 @@ class AblationSpec:
     speed: dict
     seeds: list
     report: dict
+    protocol: str = None  # one line stated under the table (what was trained, how)
 
     @property
     def name(self):
@@ -86,7 +92,7 @@ def load_spec(path):
             raise ValueError(f'{path}: variant {name!r} has no config and the spec has no base')
         variants.append(Variant(name=name, config=_resolve(config, spec_dir),
                                 overrides=dict(v.get('overrides', {})),
-                                checkpoint=v.get('checkpoint')))
+                                checkpoint=v.get('checkpoint'), paper=_paper(v, path, name)))
     if not variants:
         raise ValueError(f'{path}: the spec defines no variants')
     run = {**DEFAULT_RUN, **dict(cfg.get('run', {}))}
@@ -95,7 +101,25 @@ def load_spec(path):
     return AblationSpec(path=path, variants=variants,
                         common_overrides=dict(cfg.get('common_overrides', {})), run=run,
                         speed={**DEFAULT_SPEED, **dict(cfg.get('speed', {}))},
-                        seeds=list(cfg.get('seeds', [0])), report=dict(cfg.get('report', {})))
+                        seeds=list(cfg.get('seeds', [0])), report=dict(cfg.get('report', {})),
+                        protocol=_one_line(cfg.get('protocol'), path))
+
+
+def _paper(variant, path, name):
+    """``paper=dict(segm_mAP=36.4)``: published numbers (AP in %) the table prints beside ours."""
+    paper = dict(variant.get('paper') or {})
+    for k, v in paper.items():
+        if not isinstance(v, (int, float)):
+            raise ValueError(f'{path}: variant {name!r}: paper[{k!r}] must be a number')
+    return paper
+
+
+def _one_line(text, path):
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f'{path}: protocol must be a string (one line), got {type(text).__name__}')
+    return ' '.join(text.split())
 
 
 def apply_overrides(cfg, overrides, variant_name):

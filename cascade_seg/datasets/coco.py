@@ -364,6 +364,8 @@ class CocoDataset(BaseDataset):
         info = super().get_data_info(idx)
         if 'flip_indices' in self._metainfo:
             info['flip_indices'] = list(self._metainfo['flip_indices'])
+        if 'keypoint_names' in self._metainfo:  # every image's keypoints get the same K
+            info['num_keypoints'] = len(self._metainfo['keypoint_names'])
         return info
 
     def get_cat_ids(self, idx: int) -> List[int]:

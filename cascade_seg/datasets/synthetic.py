@@ -202,7 +202,8 @@ def render_sample(rng, height, width, cfg, p_empty=0.1, min_area=None):
     """Draw one image.
 
     Returns ``img`` uint8 (h, w, 3), ``sem`` uint8 (h, w) and a list of instances
-    ``dict(label, mask)`` with disjoint visible masks, in drawing order.
+    ``dict(label, mask, full)`` with disjoint visible masks (``full``: the whole shape, hidden
+    parts included), in drawing order.
     """
     h, w = height, width
     if min_area is None:
@@ -230,7 +231,8 @@ def render_sample(rng, height, width, cfg, p_empty=0.1, min_area=None):
 
     # Annotate visible parts; an instance whose visible part is tiny is not drawn
     # at all, so every painted object is annotated.
-    instances = [dict(label=lb, mask=vis) for lb, _, vis in objs if vis.sum() >= min_area]
+    instances = [dict(label=lb, mask=vis, full=f) for lb, f, vis in objs
+                 if vis.sum() >= min_area]
 
     img = bg.copy()
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -334,6 +336,74 @@ def make_synthetic_coco(out_dir, num_train=300, num_val=60, image_size=(128, 128
                 train_img_dir=osp.join(out_dir, 'train'), val_img_dir=osp.join(out_dir, 'val'),
                 seg_dir=osp.join(out_dir, 'semantic'),
                 stats={s: dataset_stats(a) for s, a in ann_files.items()})
+
+
+# ---------------------------------------------------------------- keypoints (Keypoint R-CNN)
+
+# Four landmarks of every object: the extreme points of the whole shape in the image. They are
+# defined for any shape, rotation and aspect ratio, and a horizontal flip swaps left and right.
+KEYPOINT_NAMES = ('top_extreme', 'bottom_extreme', 'left_extreme', 'right_extreme')
+KEYPOINT_CATEGORY = dict(id=1, name='shape', supercategory='shape',
+                         keypoints=list(KEYPOINT_NAMES), skeleton=[[1, 3], [3, 2], [2, 4], [4, 1]])
+
+
+def extreme_points(full, visible):
+    """``[(x, y, v)] * 4`` (top, bottom, left, right): the middle pixel of the shape's extreme
+    row or column, at its pixel centre; ``v`` is 2 where that pixel is visible, 1 where a
+    later object hides it."""
+    ys, xs = np.nonzero(full)
+    out = []
+    for coord, other, pick in ((ys, xs, ys.min()), (ys, xs, ys.max()),
+                               (xs, ys, xs.min()), (xs, ys, xs.max())):
+        along = np.sort(other[coord == pick])
+        mid = int(along[(len(along) - 1) // 2])
+        x, y = (mid, int(pick)) if coord is ys else (int(pick), mid)
+        out.append((x + 0.5, y + 0.5, 2 if visible[y, x] else 1))
+    return out
+
+
+def make_synthetic_keypoints(out_dir, force=False):
+    """Write ``annotations/keypoints_{train,val}.json`` for the synthetic set in ``out_dir``.
+
+    The images are drawn again from the arguments in ``meta.json`` (same RNG streams, so the
+    same objects), and every instance of the instance files gets its extreme points under one
+    category ``shape``: a person-keypoint-style file with :data:`KEYPOINT_NAMES`. The instance
+    files are not touched. Reused when present unless ``force``. Returns the two paths.
+    """
+    with open(osp.join(out_dir, 'meta.json')) as f:
+        args = json.load(f)
+    paths = {s: osp.join(out_dir, 'annotations', f'keypoints_{s}.json') for s in ('train', 'val')}
+    marker = osp.join(out_dir, 'keypoints_meta.json')
+    if not force and all(map(osp.exists, paths.values())) and osp.exists(marker):
+        with open(marker) as f:
+            if json.load(f) == args:
+                return paths
+    cfg = _difficulty_cfg(args['difficulty'])
+    h, w = args['image_size']
+    for split, first_id, num in (('train', 1, args['num_train']),
+                                 ('val', 1 + args['num_train'], args['num_val'])):
+        with open(osp.join(out_dir, 'annotations', f'instances_{split}.json')) as f:
+            coco = json.load(f)
+        anns = iter(coco['annotations'])
+        out_anns = []
+        for img_id in range(first_id, first_id + num):
+            rng = np.random.default_rng([args['seed'], img_id])
+            _, _, instances = render_sample(rng, h, w, cfg, args['p_empty'])
+            for inst in instances:
+                ann = next(anns)
+                assert ann['image_id'] == img_id, 'the instance file does not match meta.json'
+                kpts = extreme_points(inst['full'], inst['mask'])
+                out_anns.append(dict(ann, category_id=KEYPOINT_CATEGORY['id'],
+                                     keypoints=[float(v) for p in kpts for v in p],
+                                     num_keypoints=sum(p[2] > 0 for p in kpts)))
+        info = dict(coco['info'], description=coco['info']['description'] + ', keypoints',
+                    keypoint_names=list(KEYPOINT_NAMES))
+        with open(paths[split], 'w') as f:
+            json.dump(dict(info=info, images=coco['images'], annotations=out_anns,
+                           categories=[KEYPOINT_CATEGORY]), f, separators=(',', ':'))
+    with open(marker, 'w') as f:
+        json.dump(args, f, indent=1)
+    return paths
 
 
 def dataset_stats(ann_file):

@@ -8,6 +8,8 @@ from mmengine.model import is_model_wrapper
 
 from cascade_seg.registry import HOOKS
 
+from .num_classes import num_classes_mismatches
+
 __all__ = ['non_finite_losses', 'CheckFiniteLossHook', 'num_classes_mismatches',
            'NumClassesCheckHook', 'SavePredictionImagesHook']
 
@@ -64,21 +66,6 @@ def _unwrap(model):
     return model.module if is_model_wrapper(model) else model
 
 
-def num_classes_mismatches(model, num_classes):
-    """``(module name, its num_classes)`` of every box/mask head that disagrees.
-
-    A head is any module with an int ``num_classes`` whose name mentions
-    ``bbox_head`` or ``mask_head`` (single heads, per-stage lists, stage modules).
-    The RPN and the semantic head are not class heads in this sense.
-    """
-    out = []
-    for name, module in _unwrap(model).named_modules():
-        n = getattr(module, 'num_classes', None)
-        if isinstance(n, int) and ('bbox_head' in name or 'mask_head' in name) and n != num_classes:
-            out.append((name, n))
-    return out
-
-
 @HOOKS.register_module()
 class NumClassesCheckHook(Hook):
     """Check that the RoI heads predict as many classes as the dataset has."""
@@ -96,8 +83,7 @@ class NumClassesCheckHook(Hook):
             heads = ', '.join(f'{name} has num_classes={n}' for name, n in bad)
             raise ValueError(
                 f'The {mode} dataset has {len(classes)} classes {tuple(classes)} but {heads}. '
-                f'Set model.roi_head.bbox_head.num_classes and '
-                f'model.roi_head.mask_head.num_classes to {len(classes)}.')
+                f'Set model.roi_head.num_classes={len(classes)} (every box and mask head).')
 
     def before_train(self, runner):
         self._check(runner, runner.train_dataloader, 'train')

@@ -11,6 +11,8 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401 (DictAction for tools)
 from mmengine.logging import print_log
 
+from .num_classes import check_num_classes
+
 __all__ = ['load_config', 'apply_amp', 'apply_resume', 'setup_launcher', 'build_runner',
            'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction',
            'check_config_types', 'unread_top_level_keys']
@@ -256,17 +258,6 @@ def add_custom_hook(cfg, hook):
     return cfg
 
 
-def check_config_num_classes(cfg):
-    """Run the detector's config-level num_classes check when that helper exists."""
-    if not (cfg.get('model') or {}).get('roi_head'):
-        return  # not a two-stage detector: nothing to check (and no need to import the models)
-    try:
-        from cascade_seg.models.detectors.two_stage import check_num_classes
-    except ImportError:
-        return
-    check_num_classes(cfg)
-
-
 def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False,
                  launcher='none', seed=None, load_from=None, strict_load=False):
     """Build an mmengine Runner the way tools/train.py and tools/test.py do.
@@ -292,7 +283,7 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
     check_config_types(cfg)
-    check_config_num_classes(cfg)
+    check_num_classes(cfg)
     add_custom_hook(cfg, dict(type='NumClassesCheckHook'))
     setup_launcher(cfg, launcher)
     return Runner.from_cfg(cfg)

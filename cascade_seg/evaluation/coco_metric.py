@@ -126,7 +126,7 @@ class CocoMetric(BaseMetric):
     def __init__(self, ann_file=None, metric='bbox', classwise=False, outfile_prefix=None,
                  format_only=False, collect_device='cpu', prefix=None, iou_thrs=None,
                  proposal_nums=(100, 300, 1000), collect_dir=None, backend_args=None,
-                 on_bad_annotation=None):
+                 kpt_oks_sigmas=None, on_bad_annotation=None):
         super().__init__(collect_device=collect_device, prefix=prefix, collect_dir=collect_dir)
         self.metrics = [metric] if isinstance(metric, str) else list(metric)
         for m in self.metrics:
@@ -139,9 +139,14 @@ class CocoMetric(BaseMetric):
         self.format_only = format_only
         self.iou_thrs = None if iou_thrs is None else np.asarray(iou_thrs, np.float64)
         self.proposal_nums = tuple(proposal_nums)  # kept for config compatibility
+        self.kpt_oks_sigmas = None if kpt_oks_sigmas is None else \
+            np.asarray(kpt_oks_sigmas, np.float64)
         self.ann_file = ann_file
         self.on_bad_annotation = on_bad_annotation
         self._coco_api = None
+        # The last evaluation's COCOeval per metric (its per-image matching feeds the
+        # ablation bootstrap, cascade_seg/ablation/stats.py); replaced at every evaluation.
+        self.coco_evals = {}
         # image-info files (format_only on a test set) have no 'annotations'
         self._raw_gt = None if ann_file is None else read_coco_json(
             ann_file, backend_args, image_keys=('id', 'height', 'width'),
@@ -269,6 +274,7 @@ class CocoMetric(BaseMetric):
         # Score the images that were actually evaluated (all of them in a full run).
         img_ids = sorted({g['img_id'] for g in gts} & set(coco_gt.getImgIds()))
         metrics = {}
+        self.coco_evals = {}
         for m in self.metrics:
             coco_dt = load_results(coco_gt, coco_results[m])
             coco_eval = COCOeval(coco_gt, coco_dt, m)
@@ -281,6 +287,7 @@ class CocoMetric(BaseMetric):
             _, text = _quiet(lambda: (coco_eval.evaluate(), coco_eval.accumulate(),
                                       coco_eval.summarize()))
             logger.info(f'{m} evaluation:\n{text}')
+            self.coco_evals[m] = coco_eval
 
             for name, idx in _STAT_INDEX[m].items():
                 metrics[f'{m}_{name}'] = float(coco_eval.stats[idx])
@@ -296,11 +303,23 @@ class CocoMetric(BaseMetric):
         return metrics
 
     def _oks_sigmas(self, coco_gt, cat_ids):
-        """OKS sigmas: dataset_meta's, COCO's 17-keypoint ones, or a flat 0.05."""
-        meta = self.dataset_meta or {}
-        if 'kpt_oks_sigmas' in meta:
-            return np.asarray(meta['kpt_oks_sigmas'], np.float64)
+        """OKS sigmas, first found: this metric's ``kpt_oks_sigmas`` argument, the dataset
+        metainfo's ``kpt_oks_sigmas``, COCO's person sigmas when there are 17 keypoints. Other
+        keypoint sets must name theirs (an error says so): a guessed sigma would set the
+        metric's scale silently."""
         cat = coco_gt.loadCats(cat_ids[0])[0] if cat_ids else {}
         num = len(cat.get('keypoints', [])) or 17
-        return COCOeval(iouType='keypoints').params.kpt_oks_sigmas if num == 17 \
-            else np.full(num, 0.05)
+        meta = self.dataset_meta or {}
+        for source, sigmas in (('val_evaluator.kpt_oks_sigmas', self.kpt_oks_sigmas),
+                               ("dataset metainfo['kpt_oks_sigmas']", meta.get('kpt_oks_sigmas'))):
+            if sigmas is not None:
+                sigmas = np.asarray(sigmas, np.float64).reshape(-1)
+                if len(sigmas) == 1:
+                    sigmas = np.full(num, sigmas[0])
+                if len(sigmas) != num:
+                    raise ValueError(f'{source} has {len(sigmas)} sigmas for {num} keypoints')
+                return sigmas
+        if num == 17:
+            return COCOeval(iouType='keypoints').params.kpt_oks_sigmas
+        raise ValueError(f'{num} keypoints: set val_evaluator.kpt_oks_sigmas (one OKS sigma per '
+                         "keypoint, or one for all); COCO's 17 person sigmas do not apply")

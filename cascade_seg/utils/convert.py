@@ -42,9 +42,14 @@ _TV_RULES = [
     (r'roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)', r'roi_head.mask_head.upsample.\1'),
     (r'roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)',
      r'roi_head.mask_head.conv_logits.\1'),
+    (r'roi_heads\.keypoint_predictor\.kps_score_lowres\.(weight|bias)',
+     r'roi_head.keypoint_head.deconv.\1'),
 ]
 _TV_MASK_CONV_NEW = re.compile(r'roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)')
 _TV_MASK_CONV_OLD = re.compile(r'roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)')
+# Keypoint head: a Sequential of (conv, ReLU) pairs, or conv_fcn1..8 in old checkpoints.
+_TV_KPT_CONV_NEW = re.compile(r'roi_heads\.keypoint_head\.(\d+)\.(weight|bias)')
+_TV_KPT_CONV_OLD = re.compile(r'roi_heads\.keypoint_head\.conv_fcn(\d+)\.(weight|bias)')
 
 
 def _tv_key(key):
@@ -55,6 +60,12 @@ def _tv_key(key):
     m = _TV_MASK_CONV_OLD.fullmatch(key)
     if m:  # mask_fcn1..4 are 1-based
         return f'roi_head.mask_head.convs.{int(m[1]) - 1}.conv.{m[2]}'
+    m = _TV_KPT_CONV_NEW.fullmatch(key)
+    if m:  # every other module of the Sequential is a ReLU
+        return f'roi_head.keypoint_head.convs.{int(m[1]) // 2}.conv.{m[2]}'
+    m = _TV_KPT_CONV_OLD.fullmatch(key)
+    if m:
+        return f'roi_head.keypoint_head.convs.{int(m[1]) - 1}.conv.{m[2]}'
     for pattern, repl in _TV_RULES:
         if re.fullmatch(pattern, key):
             return re.sub(pattern, repl, key)
@@ -67,7 +78,8 @@ def _background_last(t):
 
 
 def torchvision_to_mmdet(state_dict):
-    """torchvision ``maskrcnn_resnet50_fpn`` state dict -> MMDetection Mask R-CNN names.
+    """torchvision ``maskrcnn_resnet50_fpn`` / ``keypointrcnn_resnet50_fpn`` state dict ->
+    MMDetection-style names (the keypoint head in our ``KeypointRCNNHead``'s names).
 
     The classifier's background row moves from first to last; the box regressor's and the mask
     predictor's background outputs (rows 0..3, channel 0) are dropped, so a 91-class COCO model
@@ -113,16 +125,17 @@ def select_classes(state_dict, labels):
 
 # MMDetection's per-stage modules in CascadeRoIHead / HybridTaskCascadeRoIHead: lists indexed by
 # stage (``bbox_head.{i}``); StandardRoIHead (Mask R-CNN) holds a single module (``bbox_head.``).
-_STAGED = ('bbox_head', 'mask_head', 'bbox_roi_extractor', 'mask_roi_extractor')
+_STAGED = ('bbox_head', 'mask_head', 'keypoint_head', 'bbox_roi_extractor', 'mask_roi_extractor')
 _SINGLE_HEAD = re.compile(r'roi_head\.(%s)\.(?!\d+\.)(.+)' % '|'.join(_STAGED))
 
 
 def mmdet_to_cascade(state_dict, single_stage_prefix=True):
     """MMDetection 3.x names -> cascade_seg names.
 
-    Backbone, FPN, RPN, per-stage box/mask heads (``roi_head.bbox_head.{i}``) and HTC's
-    ``roi_head.semantic_head`` already share MMDetection's names. The one difference: a
-    single-stage (StandardRoIHead) ``roi_head.bbox_head.X`` becomes stage 0,
+    Backbone, FPN, per-stage box/mask heads (``roi_head.bbox_head.{i}``) and HTC's
+    ``roi_head.semantic_head`` already share MMDetection's names. The differences: the RPN
+    sits in the detector's proposal-generator slot (``rpn_head.X`` -> ``proposal_generator.X``),
+    and a single-stage (StandardRoIHead) ``roi_head.bbox_head.X`` becomes stage 0,
     ``roi_head.bbox_head.0.X``, when ``single_stage_prefix`` (our CascadeRoIHead keeps one
     module list for any number of stages). Extra keys (``num_batches_tracked`` etc.) are left
     for :func:`align_to_model` to judge against the target model.
@@ -130,7 +143,10 @@ def mmdet_to_cascade(state_dict, single_stage_prefix=True):
     out = OrderedDict()
     for key, value in state_dict.items():
         m = _SINGLE_HEAD.fullmatch(key) if single_stage_prefix else None
-        out[f'roi_head.{m[1]}.0.{m[2]}' if m else key] = value
+        key = f'roi_head.{m[1]}.0.{m[2]}' if m else key
+        if key.startswith('rpn_head.'):
+            key = 'proposal_generator.' + key[len('rpn_head.'):]
+        out[key] = value
     return out
 
 

@@ -4,7 +4,8 @@ import colorsys
 import cv2
 import numpy as np
 
-__all__ = ['class_color', 'draw_arrays', 'draw_instances', 'draw_det_data_sample']
+__all__ = ['class_color', 'draw_arrays', 'draw_instances', 'draw_det_data_sample',
+           'select_instances', 'draw_prediction']
 
 
 def class_color(label):
@@ -90,3 +91,57 @@ def draw_det_data_sample(img, data_sample, class_names=None, score_thr=0.3, alph
     if inst is None:
         return np.ascontiguousarray(img).copy()
     return draw_instances(img, inst, class_names, score_thr, alpha)
+
+
+def select_instances(instances, score_thr=0.3, top_k=None):
+    """Indices of the predictions to draw, most confident first: those scoring at least
+    ``score_thr``; with ``top_k``, the ``top_k`` most confident whatever their score (for
+    models whose scores are still low)."""
+    get = instances.get if hasattr(instances, 'get') else \
+        (lambda k, d=None: getattr(instances, k, d))
+    scores = _numpy(get('scores', None))
+    if scores is None:
+        n = next((len(a) for a in map(lambda k: get(k, None), ('bboxes', 'labels', 'masks'))
+                  if a is not None), 0)
+        return np.arange(n if top_k is None else min(n, top_k))
+    order = np.argsort(-scores, kind='stable')
+    if top_k is not None:
+        return order[:top_k]
+    return order[scores[order] >= score_thr]
+
+
+def draw_prediction(img, instances, class_names=None, score_thr=0.3, top_k=None, scale=1.0,
+                    alpha=0.5, thickness=1):
+    """A trained model's predictions on ``img`` (BGR): filled translucent masks with their
+    contour, boxes, ``"class score"`` labels, for the instances :func:`select_instances`
+    keeps. ``scale`` enlarges the image first (nearest neighbour, so pixels stay visible)
+    and draws at that size, keeping thin lines and text legible on small images.
+
+    Returns ``(canvas, number of instances drawn)``; with none the canvas is the (resized)
+    input, unchanged.
+    """
+    get = instances.get if hasattr(instances, 'get') else \
+        (lambda k, d=None: getattr(instances, k, d))
+    keep = select_instances(instances, score_thr, top_k)
+    canvas = np.ascontiguousarray(img, dtype=np.uint8)
+    if scale != 1:
+        canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    else:
+        canvas = canvas.copy()
+    if not len(keep):
+        return canvas, 0
+    arrays = {k: _numpy(get(k, None)) for k in ('bboxes', 'labels', 'scores', 'masks')}
+    arrays = {k: (v[keep] if v is not None else None) for k, v in arrays.items()}
+    if scale != 1:
+        if arrays['bboxes'] is not None:
+            arrays['bboxes'] = arrays['bboxes'][:, :4].astype(np.float64) * scale
+        if arrays['masks'] is not None:
+            arrays['masks'] = np.stack([
+                cv2.resize(m.astype(np.uint8), (int(round(m.shape[1] * scale)),
+                                                int(round(m.shape[0] * scale))),
+                           interpolation=cv2.INTER_NEAREST).astype(bool)
+                for m in arrays['masks']]) if len(arrays['masks']) else arrays['masks']
+    drawn = draw_arrays(canvas, arrays['bboxes'], arrays['labels'], arrays['scores'],
+                        arrays['masks'], class_names, score_thr=-np.inf, alpha=alpha,
+                        thickness=thickness)
+    return drawn, len(keep)

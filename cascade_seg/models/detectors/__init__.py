@@ -1,4 +1,5 @@
-from .two_stage import (CascadeRCNN, HybridTaskCascade, MaskRCNN, TwoStageDetector,  # noqa: F401
-                        check_num_classes)
+from .generalized_rcnn import (CascadeRCNN, GeneralizedRCNN, HybridTaskCascade,  # noqa: F401
+                               KeypointRCNN, MaskRCNN, TwoStageDetector)
 
-__all__ = ['TwoStageDetector', 'MaskRCNN', 'CascadeRCNN', 'HybridTaskCascade', 'check_num_classes']
+__all__ = ['GeneralizedRCNN', 'TwoStageDetector', 'MaskRCNN', 'CascadeRCNN', 'HybridTaskCascade',
+           'KeypointRCNN']

@@ -78,13 +78,24 @@ class FPN(nn.Module):
         return fine + F.interpolate(coarse, size=fine.shape[-2:], **self.upsample_cfg)
 
     def forward(self, inputs):
+        laterals, outs = self._top_down(inputs)
+        return self._extra_levels(inputs, laterals, outs)
+
+    def _top_down(self, inputs):
+        """Laterals after the top-down sum, and the output convs' maps of the used levels."""
         if len(inputs) != self.num_ins:
-            raise ValueError(f'FPN expects {self.num_ins} inputs, got {len(inputs)}')
+            raise ValueError(f'{type(self).__name__} expects {self.num_ins} inputs, '
+                             f'got {len(inputs)}')
         laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = self._upsample_add(laterals[i], laterals[i - 1])
+        outs = [self.fpn_convs[i](laterals[i]) for i in range(len(laterals))]
+        return laterals, outs
+
+    def _extra_levels(self, inputs, laterals, outs):
+        """``outs`` (one map per used level) extended to ``num_outs`` levels."""
+        outs = list(outs)
         num_used = len(laterals)
-        outs = [self.fpn_convs[i](laterals[i]) for i in range(num_used)]
         if self.num_outs > num_used:
             if not self.add_extra_convs:
                 for _ in range(self.num_outs - num_used):

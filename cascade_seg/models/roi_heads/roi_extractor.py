@@ -1,6 +1,4 @@
 """RoI feature extractor: map each RoI to one pyramid level, pool it with torchvision ops."""
-import math
-
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
@@ -8,27 +6,16 @@ from torchvision.ops import RoIPool
 
 from cascade_seg.registry import MODELS
 
+from .level_mapping import build_level_mapping
 from .roi_align import roi_align
 
 
 def map_roi_levels(rois, num_levels, finest_scale=56, mode='mmdet', finest_stride=4):
-    """Pyramid level (0-based) of each RoI ``(K, 5)`` from its scale ``sqrt(w * h)``.
-
-    ``'mmdet'``: ``floor(log2(scale / finest_scale + 1e-6))`` (scale < 2*finest -> level 0,
-    < 4*finest -> 1, ...). ``'torchvision'`` (LevelMapper, FPN paper eq. 1):
-    ``floor(4 + log2(scale / 224) + 1e-6) - log2(finest_stride)``. Both clamped to
-    ``[0, num_levels - 1]``.
-    """
-    wh = (rois[:, 3:5] - rois[:, 1:3]).clamp(min=0)
-    scale = torch.sqrt(wh[:, 0] * wh[:, 1])
-    if mode == 'mmdet':
-        levels = torch.floor(torch.log2(scale / finest_scale + 1e-6))
-    elif mode == 'torchvision':
-        levels = torch.floor(4 + torch.log2(scale / 224) + 1e-6) - math.log2(finest_stride)
-    else:
-        raise ValueError(f"level_mapping must be 'mmdet' or 'torchvision', got {mode!r}")
-    # log2(0) = -inf for degenerate boxes: clamp sends them to the finest level.
-    return levels.clamp(min=0, max=num_levels - 1).long()
+    """Pyramid level (0-based) of each RoI ``(K, 5)`` under the rule named by ``mode``
+    (``'mmdet'`` or ``'torchvision'``, see level_mapping.py), for ``num_levels`` levels whose
+    first has stride ``finest_stride``."""
+    rule = build_level_mapping(mode, finest_scale)
+    return rule(rois, [finest_stride * 2 ** i for i in range(num_levels)])
 
 
 def rescale_rois(rois, scale_factor):
@@ -66,8 +53,9 @@ class SingleRoIExtractor(nn.Module):
             ``dict(type='RoIPool', output_size)`` (torchvision ops).
         out_channels: channels of the input features (and of the output).
         featmap_strides: stride of each level used; ``num_inputs = len(featmap_strides)``.
-        finest_scale: RoI scale mapped to level 0 (mmdet mapping).
-        level_mapping: ``'mmdet'`` or ``'torchvision'``, see :func:`map_roi_levels`.
+        finest_scale: RoI scale mapped to level 0 (``'mmdet'`` mapping).
+        level_mapping: the rule that picks each RoI's level: ``'mmdet'``, ``'torchvision'``,
+            ``'centermask'`` or ``dict(type=<registered rule>, ...)`` (see level_mapping.py).
         gc_context: add each image's globally averaged level feature to its RoI features.
     """
 
@@ -77,7 +65,7 @@ class SingleRoIExtractor(nn.Module):
         self.out_channels = out_channels
         self.featmap_strides = list(featmap_strides)
         self.finest_scale = finest_scale
-        self.level_mapping = level_mapping
+        self.level_mapping = build_level_mapping(level_mapping, finest_scale)
         self.gc_context = gc_context
         self.roi_layers = nn.ModuleList(self._build_roi_layer(roi_layer, s)
                                         for s in self.featmap_strides)
@@ -103,12 +91,14 @@ class SingleRoIExtractor(nn.Module):
     def num_inputs(self):
         return len(self.featmap_strides)
 
-    def map_roi_levels(self, rois, num_levels):
-        return map_roi_levels(rois, num_levels, self.finest_scale, self.level_mapping,
-                              self.featmap_strides[0])
+    def map_roi_levels(self, rois, num_levels, img_shapes=None):
+        return self.level_mapping(rois, self.featmap_strides[:num_levels], img_shapes)
 
-    def forward(self, feats, rois, roi_scale_factor=None):
-        """Per-level ``(B, C, H, W)`` feats and ``(K, 5)`` rois -> ``(K, C, *output_size)``."""
+    def forward(self, feats, rois, roi_scale_factor=None, img_shapes=None):
+        """Per-level ``(B, C, H, W)`` feats and ``(K, 5)`` rois -> ``(K, C, *output_size)``.
+
+        ``img_shapes`` (per image, network input before padding) is passed to level-mapping
+        rules that need it."""
         feats = feats[:self.num_inputs]
         num_levels = len(feats)
         ref = feats[0]
@@ -126,7 +116,7 @@ class SingleRoIExtractor(nn.Module):
                 pooled = pooled + contexts[0][rois[:, 0].long()][:, :, None, None]
             return pooled.to(ref.dtype)
         out = ref.new_zeros((rois.size(0), ref.size(1), *self.output_size))
-        target_lvls = self.map_roi_levels(rois, num_levels)
+        target_lvls = self.map_roi_levels(rois, num_levels, img_shapes)
         for lvl, feat in enumerate(feats):
             inds = torch.nonzero(target_lvls == lvl, as_tuple=True)[0]
             if inds.numel() > 0:

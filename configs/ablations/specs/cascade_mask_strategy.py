@@ -12,3 +12,5 @@ run = dict(train=True, test=True, speed=['inference'])
 speed = dict(img_size=128, threads=2, warmup=1, runs=3)
 report = dict(baseline='mask_all', columns=['bbox_mAP', 'segm_mAP', 'segm_mAP_50', 'segm_mAP_75',
                                             'inference.s_per_img', 'params'])
+protocol = ('Synthetic Cascade Mask R-CNN (CPU config) from scratch; only where the mask branch '
+            'sits differs')

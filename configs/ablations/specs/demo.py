@@ -22,3 +22,8 @@ speed = dict(img_size=128, threads=2, warmup=2, runs=5, device='cpu')
 report = dict(baseline='mask_rcnn',
               columns=['bbox_mAP', 'bbox_mAP_75', 'segm_mAP', 'segm_mAP_75',
                        'train_time_s', 'inference.s_per_img', 'peak_rss_mb', 'params'])
+# One line under the table (tools/ablate.py adds the schedule, seeds and what ± and the
+# intervals cover): what was trained and how, the same for every row.
+protocol = ("Main job: each model's small synthetic CPU config trained from scratch on the "
+            'embedded synthetic train set, all with the same schedule, each evaluated once on '
+            'the synthetic validation set')

@@ -44,3 +44,5 @@ speed = dict(img_size=512, threads=2, warmup=2, runs=5, device='cuda')
 report = dict(baseline='mask_rcnn',
               columns=['bbox_mAP', 'bbox_mAP_75', 'segm_mAP', 'segm_mAP_75',
                        'train.s_per_iter', 'inference.s_per_img', 'train.peak_mem_mb', 'params'])
+protocol = ('GPU demo: the four models at full size (ResNet-50-FPN, from scratch) on the 384 px '
+            'synthetic set, all with the same schedule, each evaluated once on its validation set')

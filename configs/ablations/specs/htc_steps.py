@@ -11,3 +11,4 @@ run = dict(train=True, test=True, speed=['inference', 'train'])
 speed = dict(img_size=128, threads=2, warmup=1, runs=3)
 report = dict(baseline='cascade', columns=['bbox_mAP', 'segm_mAP', 'segm_mAP_50', 'segm_mAP_75',
                                            'train.s_per_iter', 'inference.s_per_img'])
+protocol = 'Synthetic CPU configs from scratch; each HTC step adds one key to the previous one'

@@ -12,3 +12,4 @@ run = dict(train=True, test=True, speed=['inference'])
 speed = dict(img_size=128, threads=2, warmup=1, runs=3)
 report = dict(baseline='FCN', columns=['segm_mAP', 'segm_mAP_50', 'segm_mAP_75',
                                        'inference.s_per_img', 'params'])
+protocol = 'Synthetic Mask R-CNN (CPU config) from scratch; only the mask head differs'

@@ -7,3 +7,4 @@ variants = [
 seeds = [0]
 run = dict(train=True, test=True, speed=[])
 report = dict(baseline='sigmoid (decoupled)', columns=['segm_mAP', 'segm_mAP_50', 'segm_mAP_75'])
+protocol = 'Synthetic Mask R-CNN (CPU config) from scratch; only the mask loss differs'

@@ -28,3 +28,4 @@ run = dict(train=True, test=True, speed=['inference'])
 speed = dict(img_size=128, threads=2, warmup=1, runs=3)
 report = dict(baseline='1 stage', columns=['bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'segm_mAP',
                                            'inference.s_per_img', 'params'])
+protocol = 'Synthetic Cascade Mask R-CNN (CPU config) from scratch with 1 to 4 stages'

@@ -14,3 +14,4 @@ run = dict(train=True, test=True, speed=['inference'])
 speed = dict(img_size=128, threads=2, warmup=1, runs=3)
 report = dict(baseline='RoIAlign', columns=['bbox_mAP', 'bbox_mAP_75', 'segm_mAP', 'segm_mAP_75',
                                             'inference.s_per_img'])
+protocol = 'Synthetic Mask R-CNN (CPU config) from scratch; only the RoI feature layer differs'

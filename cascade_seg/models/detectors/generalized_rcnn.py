@@ -1,0 +1,166 @@
+"""The generalized R-CNN: backbone -> neck -> proposal generator (any dense head) -> RoI head."""
+import torch
+from mmengine.model import BaseModel
+
+from cascade_seg.registry import MODELS
+from cascade_seg.structures import DetDataSample
+
+from ..layers import cpu_conv_layout
+
+
+@MODELS.register_module()
+class GeneralizedRCNN(BaseModel):
+    """Backbone (+ neck) features, proposals from any dense head (or given ones), RoI head.
+
+    Args:
+        proposal_generator: a dense head with ``loss_and_predict(feats, data_samples,
+            proposal_cfg)`` and ``predict(feats, data_samples)`` (``RPNHead``; a one-stage
+            head such as FCOS). ``rpn_head`` is MMDetection's name for the same slot.
+        roi_head: the RoI head; it gets ``train_cfg.rcnn`` / ``test_cfg.rcnn``.
+        train_cfg / test_cfg: ``rpn`` goes to the proposal generator, ``rpn_proposal`` sets
+            how training proposals are made (default: ``test_cfg.rpn``).
+
+    Without a proposal generator, each data sample must carry ``proposals`` (InstanceData
+    with ``bboxes``). The generator's losses keep their own names (``loss_rpn_cls``, ...).
+    Parameters are named ``proposal_generator.*``; MMDetection's ``rpn_head.*`` names load too.
+    """
+
+    def __init__(self, backbone, neck=None, proposal_generator=None, roi_head=None,
+                 train_cfg=None, test_cfg=None, data_preprocessor=None, init_cfg=None,
+                 rpn_head=None):
+        if isinstance(data_preprocessor, dict):  # our registry: mmengine's root one lacks our types
+            data_preprocessor = MODELS.build(data_preprocessor)
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if rpn_head is not None and proposal_generator is not None:
+            raise ValueError('give either proposal_generator or rpn_head (the same slot)')
+        proposal_generator = proposal_generator if rpn_head is None else rpn_head
+        self.train_cfg = train_cfg = train_cfg or {}
+        self.test_cfg = test_cfg = test_cfg or {}
+        self.backbone = MODELS.build(backbone)
+        self.neck = MODELS.build(neck) if neck is not None else None
+        self.proposal_generator = None
+        if proposal_generator is not None:
+            self.proposal_generator = MODELS.build(dict(
+                proposal_generator, train_cfg=train_cfg.get('rpn'), test_cfg=test_cfg.get('rpn')))
+        self.roi_head = None
+        if roi_head is not None:
+            self.roi_head = MODELS.build(dict(roi_head, train_cfg=train_cfg.get('rcnn'),
+                                              test_cfg=test_cfg.get('rcnn')))
+
+    @property
+    def rpn_head(self):
+        """MMDetection's name for the proposal generator."""
+        return self.proposal_generator
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        old, new = f'{prefix}rpn_head.', f'{prefix}proposal_generator.'
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[new + key[len(old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self._forward(inputs, data_samples)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def extract_feat(self, batch_inputs):
+        batch_inputs = cpu_conv_layout(batch_inputs, self.training)
+        x = self.backbone(batch_inputs)
+        return self.neck(x) if self.neck is not None else x
+
+    @staticmethod
+    def _given_proposals(batch_data_samples):
+        if any(s.get('proposals') is None for s in batch_data_samples):
+            raise ValueError('this detector has no proposal generator, so every data sample '
+                             'needs `proposals` (InstanceData with bboxes)')
+        return [s.proposals for s in batch_data_samples]
+
+    def _proposals(self, x, batch_data_samples):
+        if self.proposal_generator is None:
+            return self._given_proposals(batch_data_samples)
+        return self.proposal_generator.predict(x, batch_data_samples)
+
+    def loss(self, batch_inputs, batch_data_samples):
+        """Flat dict: the proposal generator's losses + the RoI head's ``s{t}.*`` losses."""
+        x = self.extract_feat(batch_inputs)
+        losses = {}
+        if self.proposal_generator is not None:
+            proposal_cfg = self.train_cfg.get('rpn_proposal', self.test_cfg.get('rpn'))
+            losses, proposals = self.proposal_generator.loss_and_predict(
+                x, batch_data_samples, proposal_cfg=proposal_cfg)
+        else:
+            proposals = self._given_proposals(batch_data_samples)
+        roi_losses = self.roi_head.loss(_dense(x), proposals, batch_data_samples)
+        clash = set(losses) & set(roi_losses)
+        if clash:
+            raise KeyError(f'the proposal generator and the RoI head both return {sorted(clash)}')
+        losses.update(roi_losses)
+        return losses
+
+    def predict(self, batch_inputs, batch_data_samples=None, rescale=True):
+        """Set ``pred_instances`` (bboxes, scores, labels, masks, ...) in each data sample."""
+        if batch_data_samples is None:
+            batch_data_samples = _samples_for(batch_inputs)
+        x = self.extract_feat(batch_inputs)
+        proposals = self._proposals(x, batch_data_samples)
+        results = self.roi_head.predict(_dense(x), proposals, batch_data_samples,
+                                        rescale=rescale)
+        for sample, result in zip(batch_data_samples, results):
+            sample.pred_instances = result
+        return batch_data_samples
+
+    def _forward(self, batch_inputs, batch_data_samples=None):
+        """Raw outputs: ``(proposal generator forward, RoI head forward)``, no post-processing."""
+        if batch_data_samples is None:
+            batch_data_samples = _samples_for(batch_inputs)
+        x = self.extract_feat(batch_inputs)
+        outs = ()
+        if self.proposal_generator is not None:
+            outs += (self.proposal_generator(x),)
+        if self.roi_head is not None:
+            proposals = self._proposals(x, batch_data_samples)
+            outs += (self.roi_head(_dense(x), proposals, batch_data_samples),)
+        return outs
+
+
+def _dense(feats):
+    """NCHW-contiguous copies of channels-last features, made once for the RoI head: RoIAlign
+    would otherwise copy every level at every call (and again in backward)."""
+    return tuple(f.contiguous() for f in feats)
+
+
+def _samples_for(batch_inputs):
+    """Data samples for bare inputs (no resize, no padding): just enough meta to run."""
+    h, w = batch_inputs.shape[-2:]
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
+                scale_factor=(1.0, 1.0))
+    return [DetDataSample(metainfo=meta) for _ in range(batch_inputs.shape[0])]
+
+
+# MMDetection's name for a detector with proposals and a RoI head: the same class.
+TwoStageDetector = GeneralizedRCNN
+MODELS.register_module(name='TwoStageDetector', module=GeneralizedRCNN)
+
+
+@MODELS.register_module()
+class MaskRCNN(GeneralizedRCNN):
+    """MMDetection's name for a one-stage RoI head detector; same class."""
+
+
+@MODELS.register_module()
+class CascadeRCNN(GeneralizedRCNN):
+    """MMDetection's name for a multi-stage RoI head detector; same class."""
+
+
+@MODELS.register_module()
+class HybridTaskCascade(GeneralizedRCNN):
+    """MMDetection's name for HTC (interleaved / mask info flow / semantic); same class."""
+
+
+@MODELS.register_module()
+class KeypointRCNN(GeneralizedRCNN):
+    """torchvision's name for Mask R-CNN's keypoint variant; same class."""

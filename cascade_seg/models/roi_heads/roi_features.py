@@ -1,0 +1,84 @@
+"""RoI features of one batch: any extractor, plus optional whole-image context (HTC's semantic
+feature), with each (extractor, RoIs) pooled once per forward pass.
+
+The box stages and the task branches ask for RoI features through one object, so that context
+such as HTC's semantic feature is a wrapper around extraction rather than an argument threaded
+through every method.
+"""
+import torch.nn.functional as F
+
+
+def avg_pool_to(x, size):
+    """``F.adaptive_avg_pool2d(x, size)``; for whole-number factors (HTC: 14 -> 7) a reshape-mean
+    over the same windows, which keeps no copy of ``x`` for backward (100 MB per HTC stage)."""
+    (h, w), (oh, ow) = x.shape[-2:], size
+    if h % oh or w % ow:
+        return F.adaptive_avg_pool2d(x, size)
+    return x.reshape(*x.shape[:-2], oh, h // oh, ow, w // ow).mean(dim=(-3, -1))
+
+
+class SemanticContext:
+    """HTC's semantic fusion: the whole-image semantic feature, pooled at each RoI by its own
+    extractor and resized to the RoI feature size, is added to the RoI features of the tasks
+    in ``tasks`` (e.g. ``('bbox', 'mask')``)."""
+
+    def __init__(self, semantic_feat, extractor, tasks):
+        self.semantic_feat = semantic_feat
+        self.extractor = extractor
+        self.tasks = tuple(tasks)
+
+    def __call__(self, roi_feats, rois, task):
+        if task not in self.tasks:
+            return roi_feats
+        sem = self.extractor([self.semantic_feat], rois)
+        size = roi_feats.shape[-2:]
+        if sem.shape[-2:] != size:
+            sem = avg_pool_to(sem, size) if sem.numel() else sem.new_zeros(
+                (sem.size(0), sem.size(1), *size))
+        if roi_feats.dim() == sem.dim() + 1:  # (K, L, C, S, S): every level gets the context
+            sem = sem[:, None]
+        return roi_feats + sem
+
+
+class RoIFeatures:
+    """Pyramid features ``feats`` of a batch with the images' ``img_shapes`` and an optional
+    ``context(roi_feats, rois, task) -> roi_feats``.
+
+    ``pool(extractor, rois, task)`` extracts and adds the context; ``cached=True`` reuses
+    what the same extractor module already pooled for the same ``rois`` tensor in this pass
+    (test time: every mask stage pools the final detections).
+    """
+
+    def __init__(self, feats, img_shapes=None, context=None):
+        self.feats = feats
+        self.img_shapes = img_shapes
+        self.context = context
+        self._cache = {}
+
+    def __len__(self):
+        return len(self.feats)
+
+    def __getitem__(self, i):
+        return self.feats[i]
+
+    def raw(self, extractor, rois):
+        """The extractor's output without context."""
+        return extractor(self.feats, rois, img_shapes=self.img_shapes)
+
+    def with_context(self, roi_feats, rois, task):
+        return roi_feats if self.context is None else self.context(roi_feats, rois, task)
+
+    def pool(self, extractor, rois, task, cached=False):
+        if not cached:
+            return self.with_context(self.raw(extractor, rois), rois, task)
+        key = (id(extractor), id(rois), task)
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not extractor or hit[1] is not rois:
+            hit = (extractor, rois, self.with_context(self.raw(extractor, rois), rois, task))
+            self._cache[key] = hit
+        return hit[2]
+
+
+def as_roi_features(x, img_shapes=None):
+    """``x`` as :class:`RoIFeatures` (a plain sequence of level features gets no context)."""
+    return x if isinstance(x, RoIFeatures) else RoIFeatures(x, img_shapes)
