@@ -220,6 +220,19 @@ def test_empty_or_truncated_json_names_the_file(foreign_coco, tmp_path, content,
     assert str(err.value) == f'{path}: {expected}'
 
 
+def test_annotation_that_is_not_an_object(foreign_coco, write_coco_variant, monkeypatch):
+    path = write_coco_variant(lambda c: c['annotations'].append([1, 2, 3]))
+    with pytest.raises(ValueError) as err:
+        make_dataset(foreign_coco, path)
+    assert str(err.value) == (f"{path}: annotation [1, 2, 3] is not an object "
+                              "(set on_bad_annotation='skip' to drop such annotations)")
+    logged = capture_logs(monkeypatch)
+    assert make_dataset(foreign_coco, path, on_bad_annotation='skip').dropped['annotations'] == \
+        [None]
+    assert logged[-1][0] == (f"{path}: on_bad_annotation='skip' dropped 1 annotations "
+                             '(1 malformed annotation)')
+
+
 def test_image_entry_without_size_names_the_file(foreign_coco, write_coco_variant):
     path = write_coco_variant(lambda c: _image(c, 13).pop('height'))
     for mode in ('error', 'skip'):

@@ -164,6 +164,7 @@ def clean_coco(dataset: dict, ann_file, on_bad_annotation='error', log_each=True
     for ann in dataset['annotations']:
         if not isinstance(ann, dict):
             problems.append(('malformed annotation', f'annotation {ann!r} is not an object'))
+            dropped_anns.append(None)
             continue
         ann_id, img_id = ann.get('id'), ann.get('image_id')
         if img_id in dup_images:
