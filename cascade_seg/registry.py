@@ -74,7 +74,8 @@ TASK_BRANCHES = _Registry('roi task branch', scope='cascade_seg',
 # 'cascade_seg' scope finds mmengine's implementations without scope-fallback warnings.
 RUNNERS = _child('runner', MMENGINE_RUNNERS, [])
 RUNNER_CONSTRUCTORS = _child('runner constructor', MMENGINE_RUNNER_CONSTRUCTORS, [])
-LOOPS = _child('loop', MMENGINE_LOOPS, [])
+# our Epoch/IterBasedTrainLoop (exact resume) shadow mmengine's under this scope
+LOOPS = _child('loop', MMENGINE_LOOPS, ['cascade_seg.engine'])
 OPTIMIZERS = _child('optimizer', MMENGINE_OPTIMIZERS, [])
 OPTIM_WRAPPERS = _child('optim_wrapper', MMENGINE_OPTIM_WRAPPERS, ['cascade_seg.engine'])
 OPTIM_WRAPPER_CONSTRUCTORS = _child('optimizer wrapper constructor',

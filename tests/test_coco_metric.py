@@ -195,3 +195,19 @@ def test_bad_arguments():
         CocoMetric(metric='proposal_fast')
     with pytest.raises(ValueError):
         CocoMetric(format_only=True)
+
+
+def test_format_only_with_an_image_info_file(tmp_path):
+    """A test-set image-info file has no 'annotations': the metric still writes results."""
+    info = tmp_path / 'image_info.json'
+    info.write_text(json.dumps(dict(images=[dict(id=1, height=8, width=8, file_name='a.png')],
+                                    categories=[dict(id=4, name='a')])))
+    metric = CocoMetric(ann_file=str(info), format_only=True,
+                        outfile_prefix=str(tmp_path / 'out'))
+    metric.dataset_meta = dict(classes=('a', ))
+    metric.process({}, [dict(img_id=1, ori_shape=(8, 8), pred_instances=dict(
+        bboxes=torch.tensor([[0., 0, 4, 4]]), scores=torch.ones(1),
+        labels=torch.zeros(1, dtype=torch.long)))])
+    assert metric.compute_metrics(metric.results) == {}
+    (det, ) = json.load(open(tmp_path / 'out.bbox.json'))
+    assert det['category_id'] == 4 and det['bbox'] == [0, 0, 4, 4]

@@ -136,9 +136,11 @@ def test_bad_annotation_skip_mode(foreign_coco, write_coco_variant, monkeypatch,
     assert len(ds) == 7
     assert info_by_file(ds, 'deep.png')['instances'] == []  # its only annotation was dropped
     assert len(info_by_file(ds, 'gray.jpg')['instances']) == 2  # others untouched
-    (msg, kw), = logged
+    (msg, kw), (summary, kw2) = logged  # the annotation, then the count
     assert str(path) in msg and '105' in msg and 'deep.png' in msg and reason in msg
-    assert kw['level'] >= 30  # a warning
+    assert kw['level'] >= 30 and kw2['level'] >= 30  # warnings
+    assert summary.startswith(f"{path}: on_bad_annotation='skip' dropped 1 annotations (1 ")
+    assert ds.dropped['annotations'] == [105]
 
 
 def test_invalid_on_bad_annotation_value(foreign_coco):

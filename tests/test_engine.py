@@ -126,7 +126,7 @@ def toy_cfg(work_dir, name, max_iters=6, nan_at=None, custom_hooks=(), val=False
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=1e-3)),
         param_scheduler=[dict(type='LinearLR', start_factor=0.2, by_epoch=False, begin=0, end=3),
                          dict(type='MultiStepLR', milestones=[4], gamma=0.1, by_epoch=False)],
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=3, by_epoch=False),
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=3, by_epoch=False),
                            logger=dict(type='LoggerHook', interval=1)),
         custom_hooks=[dict(type='CheckFiniteLossHook'), *custom_hooks],
         randomness=dict(seed=0), log_level='WARNING')
@@ -328,3 +328,7 @@ def test_two_process_cpu_training_in_lockstep(tmp_path):
     assert not torch.equal(r0['params']['conv.weight'], r0['init']['conv.weight'])  # trained
     # the metric saw every validation sample exactly once, gathered from both ranks
     assert r0['metrics'] == r1['metrics'] == {'toy/count': 7, 'toy/unique': 7}
+    # rank 0 wrote the checkpoint with the random state of both ranks, for an exact resume
+    state = torch.load(tmp_path / 'iter_3.pth', weights_only=True)['resume_state']
+    assert state['world_size'] == 2 and len(state['rng']) == 2
+    assert all(r['torch'].dtype == torch.uint8 for r in state['rng'])

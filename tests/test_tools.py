@@ -97,13 +97,16 @@ def test_train_arguments():
         _tool('test').parse_args([CONFIG, 'ckpt.pth', '--out', 'results.txt'])
 
 
-def test_config_handling():
+def test_config_handling(tmp_path):
     cfg = load_config(CONFIG, {'train_cfg.max_epochs': 2})
     assert cfg.train_cfg.max_epochs == 2 and cfg.default_scope == 'cascade_seg'
     assert default_work_dir(cfg) == osp.join('work_dirs', 'mask-rcnn_r18_fpn_synthetic')
-    assert apply_resume(load_config(CONFIG), 'auto').resume is True
-    resumed = apply_resume(load_config(CONFIG), 'x/iter_4.pth')
-    assert resumed.resume is True and resumed.load_from == 'x/iter_4.pth'
+    # no checkpoint in the work dir: a fresh start (tests/test_resume.py checks the warning)
+    assert apply_resume(load_config(CONFIG, {'work_dir': str(tmp_path)}), 'auto').resume is False
+    ckpt = str(tmp_path / 'iter_4.pth')
+    torch.save(dict(meta=dict(seed=7), state_dict={}), ckpt)
+    resumed = apply_resume(load_config(CONFIG), ckpt)
+    assert resumed.resume is True and resumed.load_from == ckpt and resumed.randomness.seed == 7
     cpu = apply_amp(load_config(CONFIG), device='cpu').optim_wrapper
     assert cpu.type == 'AutocastOptimWrapper' and cpu.dtype == 'bfloat16'
     assert cpu.clip_grad.max_norm == 35  # the rest of the wrapper config is kept

@@ -1,5 +1,10 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint: python tools/test.py CONFIG CHECKPOINT [--out preds.pkl|metrics.json]"""
+"""Evaluate a checkpoint: python tools/test.py CONFIG CHECKPOINT [--out preds.pkl|metrics.json]
+
+A checkpoint that does not fit the model (missing, unexpected or differently shaped
+weights) or holds NaN/Inf weights is an error: nothing is evaluated and no metrics file is
+written. --partial-load evaluates with the weights that fit.
+"""
 import argparse
 import json
 import os
@@ -19,7 +24,11 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', help='where logs and metrics.json go (default work_dirs/<config>)')
     p.add_argument('--out', help='*.pkl: also dump the raw predictions (masks as RLE); *.json: '
                                  'write the metrics there instead of <work_dir>/metrics.json')
-    p.add_argument('--show-dir', help='save the images with predictions drawn into this folder')
+    p.add_argument('--partial-load', action='store_true',
+                   help='evaluate even if the checkpoint does not fit the model (load the '
+                        'weights that fit, report the rest); by default that is an error')
+    p.add_argument('--show-dir', help='save the images with predictions drawn into this folder '
+                                      '(keeping their paths below the image folder)')
     p.add_argument('--score-thr', type=float, default=0.3, help='score threshold for --show-dir')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                    help='override config keys, e.g. test_dataloader.batch_size=1')
@@ -38,7 +47,7 @@ def main(argv=None):
     dump_pkl = args.out if args.out and not args.out.endswith('.json') else None
     add_test_outputs(cfg, show_dir=args.show_dir, score_thr=args.score_thr, out_pkl=dump_pkl)
     runner = build_runner(cfg, work_dir=args.work_dir, launcher=args.launcher,
-                          load_from=args.checkpoint)
+                          load_from=args.checkpoint, strict_load=not args.partial_load)
     metrics = runner.test()
     if runner.rank == 0:
         path = args.out if args.out and args.out.endswith('.json') else \

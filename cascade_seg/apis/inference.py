@@ -2,6 +2,7 @@
 import copy
 import os.path as osp
 
+import cv2
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform, Compose
@@ -10,6 +11,7 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 
 import cascade_seg.datasets.transforms  # noqa: F401  (registers the pipeline transforms)
+from cascade_seg.datasets.transforms.loading import image_from_array
 from cascade_seg.engine.checkpoint import load_checkpoint
 from cascade_seg.registry import MODELS, TRANSFORMS
 
@@ -17,12 +19,27 @@ __all__ = ['LoadImageFromNDArray', 'init_detector', 'inference_detector', 'build
 
 
 class LoadImageFromNDArray(BaseTransform):
-    """Like ``LoadImageFromFile`` but takes ``results['img']`` (H, W, 3 uint8 BGR) as given."""
+    """Like ``LoadImageFromFile`` for an array in ``results['img']``.
+
+    The array is converted as a decoded file is (gray, (H, W, 1), BGRA and
+    uint16 become (H, W, 3) uint8 BGR, see ``image_from_array``); arrays that
+    cannot be an image raise a ValueError. ``to_float32`` and ``color_type``
+    mean what they mean for ``LoadImageFromFile``.
+    """
+
+    def __init__(self, to_float32=False, color_type='color'):
+        if color_type not in ('color', 'grayscale'):
+            raise ValueError(f"color_type must be 'color' or 'grayscale', got {color_type!r}")
+        self.to_float32 = to_float32
+        self.color_type = color_type
 
     def transform(self, results):
-        img = results['img']
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
+        what = f'image array (input {results["img_id"]})' if 'img_id' in results else 'image array'
+        img = image_from_array(results['img'], what)
+        if self.color_type == 'grayscale':
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[..., None]
+        if self.to_float32:
+            img = img.astype(np.float32)
         results.update(img=img, img_shape=img.shape[:2], ori_shape=img.shape[:2])
         results.setdefault('img_path', None)
         return results
@@ -107,15 +124,19 @@ def build_test_pipeline(cfg, from_array=False):
     if not pipeline:
         raise ValueError('the config has no test pipeline (test_dataloader.dataset.pipeline)')
     steps = [dict(t) for t in pipeline if t['type'] != 'LoadAnnotations']
-    if from_array:
-        steps = [dict(type='LoadImageFromNDArray') if t['type'] == 'LoadImageFromFile' else t
-                 for t in steps]
+    if from_array:  # the file loader's options carry over (not its backend_args)
+        steps = [dict(type='LoadImageFromNDArray',
+                      **{k: t[k] for k in ('to_float32', 'color_type') if k in t})
+                 if t['type'] == 'LoadImageFromFile' else t for t in steps]
     return Compose([TRANSFORMS.build(t) for t in steps])
 
 
 @torch.no_grad()
 def inference_detector(model, imgs, progress=False):
-    """Run ``model`` on an image path, a BGR uint8 array, or a list of them.
+    """Run ``model`` on an image path, an image array, or a list of them.
+
+    Arrays are converted as image files are (see ``LoadImageFromNDArray``): BGR
+    or gray, uint8 or uint16, or 0..255 values in another dtype.
 
     Returns a DetDataSample with ``pred_instances`` (or a list for a list input);
     ``progress`` shows a progress bar over a list.

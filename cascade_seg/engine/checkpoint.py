@@ -7,17 +7,29 @@ with ``Unsupported global``. Instead of disabling the check we allow exactly
 the globals such a checkpoint needs. The list was found by saving checkpoints
 with mmengine's Runner and reading them with
 ``torch.serialization.get_unsafe_globals_in_checkpoint``.
+
+Every local checkpoint file, whoever asks for it (our tools, ``init_detector``,
+mmengine's ``Runner.load_checkpoint`` / ``resume``), is read by
+:func:`load_checkpoint_file`, which passes ``weights_only=True`` explicitly and
+refuses model weights that are NaN or Inf. This module also decides which file
+``--resume`` continues from (:func:`find_resume_checkpoint`).
 """
+import os
+import os.path as osp
 import pickle
+import re
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer, print_log
-from mmengine.runner.checkpoint import _load_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 
 __all__ = ['register_safe_globals', 'safe_globals_list', 'history_buffer_getattr',
-           'state_dict_from_checkpoint', 'compare_state_dicts', 'load_checkpoint']
+           'state_dict_from_checkpoint', 'compare_state_dicts', 'load_checkpoint',
+           'load_checkpoint_file', 'non_finite_weights', 'checkpoint_problem',
+           'find_resume_checkpoint', 'install_safe_loader']
 
 _REGISTERED = False
 
@@ -77,6 +89,151 @@ def register_safe_globals():
         _REGISTERED = True
 
 
+def non_finite_weights(state_dict):
+    """``(key, number of NaN, number of Inf)`` of every floating tensor holding either."""
+    out = []
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and value.numel():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                nan = int(torch.isnan(value).sum())
+                out.append((key, nan, int((~finite).sum()) - nan))
+    return out
+
+
+def _check_finite(checkpoint, filename):
+    try:
+        state = state_dict_from_checkpoint(checkpoint)
+    except TypeError:
+        return  # not a weights checkpoint; the caller will say so
+    bad = non_finite_weights(state)
+    if bad:
+        listed = ', '.join(f'{k} ({n} NaN, {i} Inf)' for k, n, i in bad[:10])
+        more = f' and {len(bad) - 10} more' if len(bad) > 10 else ''
+        raise ValueError(f'{filename}: {len(bad)} weight tensors hold NaN/Inf values: '
+                         f'{listed}{more}. A model with such weights predicts nothing useful; '
+                         'use an earlier checkpoint.')
+
+
+def load_checkpoint_file(filename, map_location='cpu', check_finite=True, mmap=False):
+    """``torch.load(filename, weights_only=True)`` with the mmengine allow-list.
+
+    A refused global raises a RuntimeError naming the file (there is no fallback
+    to full unpickling). With ``check_finite`` the model weights must be finite.
+    """
+    register_safe_globals()
+    filename = osp.expanduser(str(filename))
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint not found: {filename}')
+    try:
+        checkpoint = torch.load(filename, map_location=map_location, weights_only=True,
+                                mmap=mmap)
+    except pickle.UnpicklingError as err:  # the safe unpickler refused something
+        raise RuntimeError(
+            f'{filename}: refused by safe loading (torch.load(weights_only=True)): '
+            f'{_refused_global(err)} A checkpoint needs no such object, so the file is not '
+            'loaded. Only if you trust its origin, allow-list that global with '
+            'torch.serialization.add_safe_globals.') from err
+    if check_finite:
+        _check_finite(checkpoint, filename)
+    return checkpoint
+
+
+def _refused_global(err):
+    """The sentence of torch's message that names what was refused."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if 'GLOBAL' in line or 'Unsupported' in line:
+            return line
+    return lines[-1] if lines else repr(err)
+
+
+def _mmengine_local_loader(filename, map_location):
+    return load_checkpoint_file(filename, map_location=map_location)
+
+
+def install_safe_loader():
+    """Route mmengine's loading of local files (``Runner.load_checkpoint``, ``resume``,
+    ``load_from``) through :func:`load_checkpoint_file` (idempotent)."""
+    register_safe_globals()
+    if CheckpointLoader._schemes.get('') is not _mmengine_local_loader:
+        CheckpointLoader.register_scheme(prefixes='', loader=_mmengine_local_loader, force=True)
+
+
+# --------------------------------------------------------------------------- resume points
+CHECKPOINT_NAME = re.compile(r'^(?:epoch|iter)_(\d+)\.pth$')
+
+
+def checkpoint_problem(path):
+    """Why ``path`` is not a complete checkpoint file, or None when it is one.
+
+    A torch checkpoint is a zip archive whose directory sits at its end, so a
+    file cut short by a crash fails to open; the CRC of every member is checked
+    as well.
+    """
+    if not path:
+        return 'no path'
+    if not osp.isfile(path):
+        return 'no such file'
+    if osp.getsize(path) == 0:
+        return 'empty file (0 bytes)'
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if not any(n.endswith('data.pkl') for n in zf.namelist()):
+                return 'not a torch checkpoint (no data.pkl inside)'
+            corrupt = zf.testzip()
+            if corrupt is not None:
+                return f'corrupt member {corrupt}'
+    except (zipfile.BadZipFile, OSError) as err:
+        return f'incomplete or not a torch checkpoint ({err})'
+    return None
+
+
+def _pointer_target(pointer, work_dir):
+    with open(pointer) as f:
+        target = f.read().strip()
+    if target and not osp.isfile(target) and not osp.isabs(target):
+        local = osp.join(work_dir, osp.basename(target))  # the run was started elsewhere
+        if osp.isfile(local):
+            return local
+    return target
+
+
+def find_resume_checkpoint(work_dir):
+    """The checkpoint ``--resume`` continues from: ``(path or None, notes)``.
+
+    ``last_checkpoint`` wins when it names a complete file. Otherwise (missing,
+    empty, naming a missing or incomplete file) the newest complete
+    ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir`` is used, newest by
+    modification time, then by N. ``notes`` says what was passed over and why.
+    """
+    notes = []
+    if not work_dir or not osp.isdir(work_dir):
+        return None, [f'work dir {work_dir} does not exist']
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        target = _pointer_target(pointer, work_dir)
+        problem = checkpoint_problem(target) if target else 'it is empty'
+        if problem is None:
+            return target, notes
+        notes.append(f'{pointer} is unusable: '
+                     + (problem if not target else f'it names {target}: {problem}'))
+    else:
+        notes.append(f'no {pointer}')
+    candidates = []
+    for name in os.listdir(work_dir):
+        match = CHECKPOINT_NAME.match(name)
+        if match:
+            path = osp.join(work_dir, name)
+            candidates.append((os.stat(path).st_mtime_ns, int(match.group(1)), path))
+    for _, _, path in sorted(candidates, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, notes
+        notes.append(f'{path} passed over: {problem}')
+    return None, notes
+
+
 def state_dict_from_checkpoint(checkpoint):
     """The model weights in a loaded checkpoint, with a DDP ``module.`` prefix removed."""
     if isinstance(checkpoint, dict):
@@ -116,9 +273,10 @@ def load_checkpoint(model, filename, map_location='cpu', strict=False, logger='c
 
     Mismatched keys are listed with both shapes. ``strict=True`` raises on any
     mismatch, missing or unexpected key; otherwise the matching weights are
-    loaded and the rest is reported as a warning.
+    loaded and the rest is reported as a warning. NaN/Inf weights always raise
+    (local files, see :func:`load_checkpoint_file`).
     """
-    register_safe_globals()
+    install_safe_loader()
     checkpoint = _load_checkpoint(filename, map_location=map_location)
     ckpt_state = state_dict_from_checkpoint(checkpoint)
     model_state = model.state_dict()

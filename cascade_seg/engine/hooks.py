@@ -120,4 +120,18 @@ class SavePredictionImagesHook(Hook):
                 continue
             img = cv2.imread(path, cv2.IMREAD_COLOR)
             drawn = draw_det_data_sample(img, sample, meta.get('classes'), self.score_thr)
-            cv2.imwrite(osp.join(self.out_dir, osp.basename(path)), drawn)
+            out = osp.join(self.out_dir, self._relative(runner, path))
+            os.makedirs(osp.dirname(out), exist_ok=True)
+            cv2.imwrite(out, drawn)
+
+    @staticmethod
+    def _relative(runner, path):
+        """``path`` below the test set's image folder (``a/x.jpg`` and ``b/x.jpg`` stay
+        apart), or its base name when it lies elsewhere."""
+        dataset = getattr(runner.test_dataloader, 'dataset', None)
+        prefix = (getattr(dataset, 'data_prefix', None) or {}).get('img')
+        if prefix:
+            rel = osp.relpath(osp.abspath(path), osp.abspath(prefix))
+            if not rel.startswith('..') and not osp.isabs(rel):
+                return rel
+        return osp.basename(path)

@@ -1,24 +1,140 @@
 """Config -> mmengine Runner: the one path shared by tools/train.py, tools/test.py and ablations."""
 import copy
+import difflib
+import inspect
 import json
+import logging
 import os
 import os.path as osp
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401 (DictAction for tools)
+from mmengine.logging import print_log
 
 from .num_classes import check_num_classes
 
 __all__ = ['load_config', 'apply_amp', 'apply_resume', 'setup_launcher', 'build_runner',
-           'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction']
+           'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction',
+           'check_config_types', 'unread_top_level_keys']
+
+# Top-level keys read by something other than mmengine's Runner(...) arguments:
+# mmengine's Runner (cfg.get), checkpoint meta, and our tools.
+_OTHER_READ_KEYS = {'sync_bn', 'find_unused_parameters', 'model_wrapper_cfg', 'gpu_ids',
+                    'compile', 'activation_checkpointing', 'efficient_conv_bn_eval',
+                    'launcher', 'filename', 'dist_params'}
+_MISSING = object()
+
+
+def _runner_keys():
+    from mmengine.runner import Runner
+    return set(inspect.signature(Runner.__init__).parameters) - {'self', 'cfg'}
+
+
+def _lookup(cfg, dotted):
+    node = cfg
+    for part in dotted.split('.'):
+        if isinstance(node, (dict, Config)) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_option_types(cfg, options):
+    """An override whose text did not parse as the number/bool the config holds is an error
+    naming the key (``train_cfg.max_epochs=two`` would otherwise fail deep inside a loop)."""
+    for key, value in options.items():
+        old = _lookup(cfg, key)
+        if old is _MISSING or old is None or not isinstance(value, str):
+            continue
+        if isinstance(old, bool) or _is_number(old):
+            kind = 'a boolean' if isinstance(old, bool) else (
+                'an integer' if isinstance(old, int) else 'a number')
+            raise ValueError(f'--cfg-options {key}={value}: {key} must be {kind} '
+                             f'(the config has {old!r}), got the text {value!r}')
+
+
+# (dotted key pattern, what it must be); '*' matches any one key.
+_TYPED_KEYS = [
+    ('train_cfg.max_epochs', 'int'), ('train_cfg.max_iters', 'int'),
+    ('train_cfg.val_interval', 'int'), ('train_cfg.val_begin', 'int'),
+    ('*_dataloader.batch_size', 'int'), ('*_dataloader.num_workers', 'int'),
+    ('default_hooks.*.interval', 'int'), ('default_hooks.checkpoint.max_keep_ckpts', 'int'),
+    ('optim_wrapper.optimizer.lr', 'number'), ('optim_wrapper.optimizer.weight_decay', 'number'),
+    ('optim_wrapper.optimizer.momentum', 'number'), ('randomness.seed', 'int'),
+]
+
+
+def _matches(pattern, dotted):
+    parts, keys = pattern.split('.'), dotted.split('.')
+    return len(parts) == len(keys) and all(
+        p in (k, '*') or (p.startswith('*') and k.endswith(p[1:])) for p, k in zip(parts, keys))
+
+
+def _walk(node, prefix=''):
+    if isinstance(node, (dict, Config)):
+        for key, value in node.items():
+            path = f'{prefix}{key}'
+            yield path, value
+            yield from _walk(value, path + '.')
+
+
+def check_config_types(cfg):
+    """Raise a ValueError naming the key when a well-known numeric setting is not a number."""
+    for path, value in _walk(cfg):
+        for pattern, kind in _TYPED_KEYS:
+            if not _matches(pattern, path) or value is None:
+                continue
+            ok = isinstance(value, int) and not isinstance(value, bool) if kind == 'int' \
+                else _is_number(value)
+            if not ok:
+                raise ValueError(f'{path} must be {"an integer" if kind == "int" else "a number"}, '
+                                 f'got {value!r} ({type(value).__name__})')
+
+
+def unread_top_level_keys(cfg, new_keys=()):
+    """``(key, closest read key or None)`` for top-level keys nothing reads that are either
+    new (added by ``--cfg-options``) or close to a key that is read (a likely typo).
+
+    Other unread keys are the helper variables configs define for themselves
+    (``data_root``, ``train_pipeline``, ...) and are left alone.
+    """
+    read = _runner_keys() | _OTHER_READ_KEYS
+    out = []
+    for key in cfg.keys():
+        if key in read or key.startswith('_'):
+            continue
+        close = difflib.get_close_matches(key, sorted(read), n=1, cutoff=0.8)
+        if key in new_keys or close:
+            out.append((key, close[0] if close else None))
+    return out
 
 
 def load_config(config, cfg_options=None):
-    """A copy of ``config`` (path or Config) with ``--cfg-options`` merged in."""
+    """A copy of ``config`` (path or Config) with ``--cfg-options`` merged in.
+
+    An option that does not parse as the number the config holds raises; a
+    top-level key that no component reads (``default_hook`` for ``default_hooks``)
+    is reported as a warning.
+    """
     cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    new_keys = set()
     if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
+        options = dict(cfg_options)
+        _check_option_types(cfg, options)
+        new_keys = {k.split('.')[0] for k in options} - set(cfg.keys())
+        cfg.merge_from_dict(options)
     cfg.setdefault('default_scope', 'cascade_seg')
+    for key, close in unread_top_level_keys(cfg, new_keys):
+        hint = f'; did you mean {close!r}?' if close else ''
+        print_log(f'config key {key!r} is not read by any component, so it has no effect{hint}',
+                  logger='current', level=logging.WARNING)
     return cfg
 
 
@@ -48,13 +164,50 @@ def apply_amp(cfg, device=None):
     return cfg
 
 
+def _resume_warning(msg):
+    print_log(msg, logger='current', level=logging.WARNING)
+
+
 def apply_resume(cfg, resume):
-    """``None``/``False``: leave the config; ``True``/``'auto'``: latest checkpoint in
-    the work dir; a path: resume from that checkpoint."""
+    """Decide the checkpoint a run resumes from.
+
+    ``None``/``False``: leave the config (``resume=True`` without ``load_from`` in
+    the config means ``'auto'``). ``True``/``'auto'``: the newest complete
+    checkpoint in ``cfg.work_dir`` (``last_checkpoint`` first, see
+    ``find_resume_checkpoint``); with none, a warning and a fresh start. A path:
+    that checkpoint, and an error when it is missing or incomplete.
+
+    When the config fixes no seed, the run takes the checkpoint's, so that the
+    data order and worker seeds match the interrupted run.
+    """
+    from .checkpoint import checkpoint_problem, find_resume_checkpoint, load_checkpoint_file
     if resume in (None, False):
-        return cfg
-    cfg.resume = True
-    cfg.load_from = None if resume in (True, 'auto') else resume
+        if not (cfg.get('resume') and not cfg.get('load_from')):
+            return cfg
+        resume = 'auto'
+    if resume in (True, 'auto'):
+        work_dir = cfg.get('work_dir')
+        path, notes = find_resume_checkpoint(work_dir)
+        if path is None:
+            cfg.resume, cfg.load_from = False, None
+            _resume_warning(f'--resume: there is no checkpoint to resume from in {work_dir} '
+                            f'({"; ".join(notes)}): training starts from scratch')
+            return cfg
+        if notes:
+            _resume_warning(f'--resume: {"; ".join(notes)}; resuming from {path}, the newest '
+                            'complete checkpoint')
+    else:
+        path = resume
+        problem = checkpoint_problem(path)
+        if problem == 'no such file':
+            raise FileNotFoundError(f'--resume {path}: no such checkpoint file')
+        if problem is not None:
+            raise ValueError(f'--resume {path}: not a complete checkpoint ({problem})')
+    cfg.resume, cfg.load_from = True, path
+    if (cfg.get('randomness') or {}).get('seed') is None:
+        meta = load_checkpoint_file(path, check_finite=False, mmap=True).get('meta') or {}
+        if meta.get('seed') is not None:
+            cfg.randomness = dict(cfg.get('randomness') or {}, seed=meta['seed'])
     return cfg
 
 
@@ -106,12 +259,14 @@ def add_custom_hook(cfg, hook):
 
 
 def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False,
-                 launcher='none', seed=None, load_from=None):
+                 launcher='none', seed=None, load_from=None, strict_load=False):
     """Build an mmengine Runner the way tools/train.py and tools/test.py do.
 
     ``config`` is a path or a Config (not modified). ``work_dir`` defaults to the
     config's, else ``work_dirs/<config stem>``; ``resume`` is None, ``'auto'`` or a
-    checkpoint path; ``load_from`` loads weights without resuming (testing).
+    checkpoint path (see :func:`apply_resume`); ``load_from`` loads weights without
+    resuming (testing), and ``strict_load`` refuses such weights unless every one
+    of them fits the model.
     """
     import cascade_seg.engine  # noqa: F401  (safe-globals allow-list, hooks)
     from mmengine.runner import Runner
@@ -120,11 +275,14 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
     cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(cfg)
     if load_from is not None:
         cfg.load_from = load_from
+        if strict_load:
+            add_custom_hook(cfg, dict(type='StrictLoadHook', filename=load_from))
     apply_resume(cfg, resume)
     if amp:
         apply_amp(cfg)
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
+    check_config_types(cfg)
     check_num_classes(cfg)
     add_custom_hook(cfg, dict(type='NumClassesCheckHook'))
     setup_launcher(cfg, launcher)

@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import logging
 import os
 import os.path as osp
 
@@ -9,12 +10,13 @@ import cv2
 import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
-from mmengine.logging import MMLogger
+from mmengine.logging import MMLogger, print_log
 from mmengine.structures import BaseDataElement
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cascade_seg.datasets.coco import clean_coco, read_coco_json, skip_summary
 from cascade_seg.registry import METRICS
 
 # Index of each reported number in COCOeval.stats.
@@ -111,13 +113,20 @@ class CocoMetric(BaseMetric):
     _mAP_l`` (keypoints have no ``_s``), and ``{metric}_precision_per_iou``: AP at
     each IoU threshold. Following COCO, a number with no GT behind it (e.g. no
     large objects) is reported as -1.0.
+
+    ``ann_file`` is validated like the dataset validates it (``clean_coco``), with
+    ``on_bad_annotation`` if given, else the policy of the dataset evaluated
+    (``dataset_meta['on_bad_annotation']``, set by ``CocoDataset``), else
+    ``'error'``: the metric scores the ground truth the dataset kept and logs how
+    much it skipped. Under ``'error'`` a bad annotation raises when the dataset
+    meta is set, before any evaluation runs.
     """
     default_prefix = 'coco'
 
     def __init__(self, ann_file=None, metric='bbox', classwise=False, outfile_prefix=None,
                  format_only=False, collect_device='cpu', prefix=None, iou_thrs=None,
                  proposal_nums=(100, 300, 1000), collect_dir=None, backend_args=None,
-                 kpt_oks_sigmas=None):
+                 kpt_oks_sigmas=None, on_bad_annotation=None):
         super().__init__(collect_device=collect_device, prefix=prefix, collect_dir=collect_dir)
         self.metrics = [metric] if isinstance(metric, str) else list(metric)
         for m in self.metrics:
@@ -133,12 +142,39 @@ class CocoMetric(BaseMetric):
         self.kpt_oks_sigmas = None if kpt_oks_sigmas is None else \
             np.asarray(kpt_oks_sigmas, np.float64)
         self.ann_file = ann_file
+        self.on_bad_annotation = on_bad_annotation
         self._coco_api = None
         # The last evaluation's COCOeval per metric (its per-image matching feeds the
         # ablation bootstrap, cascade_seg/ablation/stats.py); replaced at every evaluation.
         self.coco_evals = {}
-        if ann_file is not None:
-            self._coco_api = _quiet(COCO, ann_file)[0]
+        # image-info files (format_only on a test set) have no 'annotations'
+        self._raw_gt = None if ann_file is None else read_coco_json(
+            ann_file, backend_args, image_keys=('id', 'height', 'width'),
+            top_keys=('images', 'categories'))
+
+    @property
+    def dataset_meta(self):
+        return self._dataset_meta
+
+    @dataset_meta.setter
+    def dataset_meta(self, dataset_meta):
+        self._dataset_meta = dataset_meta
+        self._coco_api = None
+        if self._raw_gt is not None:
+            self._ground_truth()  # a bad annotation under 'error' raises now, not after a run
+
+    def _ground_truth(self):
+        """The ann_file's COCO API, cleaned with the dataset's policy (built once)."""
+        if self._coco_api is None:
+            policy = self.on_bad_annotation or (self.dataset_meta or {}).get(
+                'on_bad_annotation') or 'error'
+            kept, dropped = clean_coco(self._raw_gt, self.ann_file, policy, quiet=True)
+            if dropped['annotations'] or dropped['images']:
+                print_log('CocoMetric evaluates the ground truth the dataset kept: '
+                          + skip_summary(self.ann_file, dropped), logger='current',
+                          level=logging.WARNING)
+            self._coco_api = _coco_from_dict(kept)
+        return self._coco_api
 
     # ------------------------------------------------------------ per batch
     def process(self, data_batch, data_samples):
@@ -161,7 +197,7 @@ class CocoMetric(BaseMetric):
                     res[key] = _np(pred[key]).astype(np.float32)
             gt = dict(img_id=res['img_id'], height=int(sample['ori_shape'][0]),
                       width=int(sample['ori_shape'][1]))
-            if self._coco_api is None:
+            if self.ann_file is None:
                 gt['anns'] = self._gt_from_sample(sample, gt['height'], gt['width'])
             self.results.append((gt, res))
 
@@ -195,8 +231,8 @@ class CocoMetric(BaseMetric):
     # ------------------------------------------------------------ whole set
     def _gt_api_and_cat_ids(self, gts):
         classes = (self.dataset_meta or {}).get('classes')
-        if self._coco_api is not None:
-            coco = self._coco_api
+        if self.ann_file is not None:
+            coco = self._ground_truth()
             if classes is None:
                 return coco, coco.getCatIds()
             name_to_id = {c['name']: c['id'] for c in coco.dataset['categories']}

@@ -4,7 +4,8 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1),
+    # mmengine's CheckpointHook, crash-safe, storing what an exact resume needs (cascade_seg.engine)
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 # stop at the first NaN/Inf loss instead of training on (cascade_seg.engine)
 custom_hooks = [dict(type='CheckFiniteLossHook')]

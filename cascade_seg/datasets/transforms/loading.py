@@ -31,9 +31,50 @@ def to_bgr_uint8(img: np.ndarray, path='') -> np.ndarray:
     raise ValueError(f'{path}: unsupported number of channels {img.shape[2]}')
 
 
+def image_from_array(img, what='image array') -> np.ndarray:
+    """An in-memory image -> (H, W, 3) uint8 BGR, converted as a decoded file would be.
+
+    Accepted: (H, W), (H, W, 1), (H, W, 3) BGR or (H, W, 4) BGRA arrays of uint8;
+    uint16 (scaled by 1/257, like a 16-bit PNG); other integer types and floats
+    holding 0..255 values (floats are rounded: the scale ``LoadImageFromFile
+    (to_float32=True)`` produces). Anything else -- empty, other shapes or channel
+    counts, negative or > 255 values, NaN/Inf, a float image in [0, 1] -- is a
+    ValueError saying what is wrong.
+    """
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f'{what}: expected a numpy array, got {type(img).__name__}')
+    if img.ndim not in (2, 3):
+        raise ValueError(f'{what} has shape {img.shape}: expected (H, W) or (H, W, C)')
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f'{what} is empty (shape {img.shape})')
+    if img.ndim == 3 and img.shape[2] not in (1, 3, 4):
+        raise ValueError(f'{what} has {img.shape[2]} channels (shape {img.shape}): expected 1 '
+                         '(gray), 3 (BGR) or 4 (BGRA)')
+    if img.dtype == np.bool_ or img.dtype.kind not in 'uif':
+        raise ValueError(f'{what} has dtype {img.dtype}: expected uint8, uint16, another '
+                         'integer type or float holding 0..255')
+    if img.dtype.kind == 'f' or img.dtype not in (np.uint8, np.uint16):
+        if img.dtype.kind == 'f' and not np.isfinite(img).all():
+            raise ValueError(f'{what} ({img.dtype}) holds NaN or Inf values')
+        low, high = float(img.min()), float(img.max())
+        if low < 0 or high > 255:
+            raise ValueError(f'{what} ({img.dtype}) has values in [{low:g}, {high:g}]: '
+                             'expected 0..255')
+        if img.dtype.kind == 'f' and 0 < high <= 1:
+            raise ValueError(f'{what} ({img.dtype}) has values in [{low:g}, {high:g}]: this '
+                             'looks like a [0, 1] image; pass it scaled to 0..255 (img * 255)')
+        img = np.rint(img).astype(np.uint8) if img.dtype.kind == 'f' else img.astype(np.uint8)
+    return to_bgr_uint8(np.ascontiguousarray(img), what)
+
+
 def decode_image(buf: bytes, path='') -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
+    if not buf:
+        raise ValueError(f'{path}: the image file is empty (0 bytes)')
+    try:
+        img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise ValueError(f'could not decode image file {path}: {str(err).strip()}') from None
+    if img is None or img.size == 0:
         raise ValueError(f'could not decode image file {path} (corrupt or unsupported format)')
     return img
 
