@@ -136,9 +136,9 @@ def fcos_detections(cls_scores, bbox_preds, centernesses, points, img_shape, cfg
     boxes, scores, labels = [], [], []
     for cls, dist_, ctr, pts in zip(cls_scores, bbox_preds, centernesses, points):
         num_classes = cls.size(0)
-        prob = cls.permute(1, 2, 0).reshape(-1, num_classes).sigmoid()
-        ctr = ctr.permute(1, 2, 0).reshape(-1).sigmoid()
-        dist_ = dist_.permute(1, 2, 0).reshape(-1, 4)
+        prob = cls.permute(1, 2, 0).reshape(-1, num_classes).float().sigmoid()
+        ctr = ctr.permute(1, 2, 0).reshape(-1).float().sigmoid()
+        dist_ = dist_.permute(1, 2, 0).reshape(-1, 4).float()
         cand = torch.nonzero(prob > cfg['score_thr'])                  # (K, 2): loc, class
         loc, label = cand[:, 0], cand[:, 1]
         p = prob[loc, label]
