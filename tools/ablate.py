@@ -29,6 +29,9 @@ def parse_args(argv=None):
                    help='(default) each run in its own process; kept for compatibility')
     p.add_argument('--only', nargs='+', help='run only these variants')
     p.add_argument('--seeds', type=int, nargs='+', help='override the spec\'s seeds')
+    p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
+                   help="every variant's precision (training, test, speed), over the spec's "
+                        '`precision` and its variants\' (default: theirs, else fp32)')
     p.add_argument('--bootstrap', type=int, default=1000,
                    help='bootstrap replicates for the intervals (default 1000)')
     p.add_argument('--ci-seed', type=int, default=0, help='RNG seed of the bootstrap')
@@ -44,7 +47,7 @@ def main(argv=None):
     summary = run_spec(args.spec, args.work_dir, jobs=args.jobs, launcher=args.launcher,
                        only=args.only, seeds=args.seeds, write_summary=not args.no_summary,
                        isolate=not args.in_process, bootstrap=args.bootstrap,
-                       ci_seed=args.ci_seed)
+                       ci_seed=args.ci_seed, precision=args.precision)
     if not args.no_summary:
         print()
         print(render(summary, 'md'))

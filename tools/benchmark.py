@@ -24,6 +24,11 @@ def parse_args(argv=None):
     p.add_argument('--img-size', type=int, nargs='+', default=[512], help='H [W]')
     p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
     p.add_argument('--device', default='cpu')
+    p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
+                   help="autocast of inference and training (default: the config's `precision` "
+                        'key, else fp32); fp16 needs CUDA')
+    p.add_argument('--amp', action='store_true',
+                   help="alias of the device's mixed precision (bf16 on CPU, fp16 on GPU)")
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--runs', type=int, default=5)
     p.add_argument('--score-thr', default='0.0',
@@ -53,12 +58,15 @@ def main(argv=None):
     size = args.img_size if len(args.img_size) == 2 else args.img_size * 2
     score_thr = None if args.score_thr == 'cfg' else float(args.score_thr)
     tasks = ['inference', 'train'] if args.task == 'all' else [args.task]
+    precision = args.precision
+    if precision is None and args.amp:
+        precision = 'fp16' if args.device.startswith('cuda') else 'bf16'
     results = []
     for task in tasks:
         r = benchmark(cfg, task=task, checkpoint=args.checkpoint, img_size=tuple(size),
                       threads=args.threads, device=args.device, warmup=args.warmup,
                       runs=args.runs, score_thr=score_thr, seed=args.seed,
-                      flops=not args.no_flops)
+                      flops=not args.no_flops, precision=precision)
         print(format_result(r), flush=True)
         results.append(r)
     if args.json:

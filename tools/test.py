@@ -30,6 +30,10 @@ def parse_args(argv=None):
     p.add_argument('--show-dir', help='save the images with predictions drawn into this folder '
                                       '(keeping their paths below the image folder)')
     p.add_argument('--score-thr', type=float, default=0.3, help='score threshold for --show-dir')
+    p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
+                   help="inference precision (default: the config's `precision` key, else fp32)")
+    p.add_argument('--amp', action='store_true',
+                   help="alias of the device's mixed precision (bf16 on CPU, fp16 on GPU)")
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                    help='override config keys, e.g. test_dataloader.batch_size=1')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
@@ -47,7 +51,8 @@ def main(argv=None):
     dump_pkl = args.out if args.out and not args.out.endswith('.json') else None
     add_test_outputs(cfg, show_dir=args.show_dir, score_thr=args.score_thr, out_pkl=dump_pkl)
     runner = build_runner(cfg, work_dir=args.work_dir, launcher=args.launcher,
-                          load_from=args.checkpoint, strict_load=not args.partial_load)
+                          load_from=args.checkpoint, strict_load=not args.partial_load,
+                          precision=args.precision, amp=args.amp)
     metrics = runner.test()
     if runner.rank == 0:
         path = args.out if args.out and args.out.endswith('.json') else \

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train a detector: python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] ..."""
+"""Train a detector: python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]]
+[--precision fp32|bf16|fp16] ..."""
 import argparse
 import os
 import os.path as osp
@@ -17,8 +18,12 @@ def parse_args(argv=None):
     p.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
                    help='resume from CKPT, or from the latest checkpoint in the work dir '
                         'when no path is given')
+    p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
+                   help="numeric precision (default: the config's `precision` key, else fp32): "
+                        'bf16 autocast on CPU or GPU, fp16 (GPU only) with loss scaling')
     p.add_argument('--amp', action='store_true',
-                   help='mixed precision (float16 on GPU, bfloat16 autocast on CPU)')
+                   help='alias of the device\'s mixed precision: --precision bf16 on CPU, fp16 '
+                        'on GPU')
     p.add_argument('--seed', type=int, default=None, help='random seed')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                    help='override config keys, e.g. train_cfg.max_epochs=2')
@@ -33,7 +38,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
-                          resume=args.resume, amp=args.amp, launcher=args.launcher, seed=args.seed)
+                          resume=args.resume, amp=args.amp, launcher=args.launcher, seed=args.seed,
+                          precision=args.precision)
     runner.train()
     return runner
 

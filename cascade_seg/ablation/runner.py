@@ -99,8 +99,10 @@ def describe_schedule(cfg, variant=None):
             parts.append(f"LR x{sched.get('gamma', 0.1):g} after "
                          f"{'epoch' if by_epoch else 'iteration'} "
                          f"{', '.join(str(m) for m in steps)}")
-    if ow.get('type') in ('AmpOptimWrapper', 'AutocastOptimWrapper'):
-        parts.append(f"{ow.get('dtype', 'float16')} autocast")
+    from cascade_seg.engine.precision import normalize_precision, optim_wrapper_precision
+    precision = normalize_precision(cfg.get('precision')) or optim_wrapper_precision(ow)
+    if precision in ('bf16', 'fp16'):
+        parts.append(f"{dict(bf16='bfloat16', fp16='float16')[precision]} autocast")
     return ', '.join(parts)
 
 
@@ -276,9 +278,10 @@ def _worker_threads(jobs):
     return min(per_job, int(user)) if user and user.isdigit() and int(user) > 0 else per_job
 
 
-def _worker_cmd(spec_path, name, seed, work_dir):
-    return [sys.executable, osp.join(ROOT, 'tools', 'ablate.py'), spec_path, '--work-dir',
-            work_dir, '--only', name, '--seeds', str(seed), '--no-summary', '--in-process']
+def _worker_cmd(spec_path, name, seed, work_dir, precision=None):
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'ablate.py'), spec_path, '--work-dir',
+           work_dir, '--only', name, '--seeds', str(seed), '--no-summary', '--in-process']
+    return cmd + (['--precision', precision] if precision else [])
 
 
 def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
@@ -324,7 +327,8 @@ def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
                           f'{info["label"]} (hash {info["digest"]})\n')
                 log.flush()
                 proc = subprocess.Popen(
-                    _worker_cmd(spec_path, info['variant'].name, info['seed'], work_dir),
+                    _worker_cmd(spec_path, info['variant'].name, info['seed'], work_dir,
+                                spec.force_precision),
                     env=env, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
                 running[i] = (proc, log, time.time())
                 console.started(i)
@@ -376,7 +380,8 @@ def _collect(info, returncode):
 
 
 def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None,
-             write_summary=True, isolate=False, bootstrap=1000, ci_seed=0, stream=None):
+             write_summary=True, isolate=False, bootstrap=1000, ci_seed=0, stream=None,
+             precision=None):
     """Run every (variant, seed) of a spec; returns the summary (also ``results.json``).
 
     ``isolate`` (or ``jobs > 1``) runs each (variant, seed) in its own process with its
@@ -387,10 +392,15 @@ def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None
     With ``write_summary`` the summary gets bootstrap statistics (``bootstrap`` replicates,
     RNG ``ci_seed``; see :mod:`cascade_seg.ablation.stats`) and is written to
     ``work_dir/results.json``. ``summary['job']`` lists the runs of this call that failed.
+    ``precision`` (``'fp32' | 'bf16' | 'fp16'``) overrides the spec's and its variants'
+    precision for training, testing and the speed measurements.
     """
     spec = load_spec(spec_path)
     if seeds is not None:
         spec.seeds = list(seeds)
+    if precision is not None:
+        from cascade_seg.engine.precision import normalize_precision
+        spec.force_precision = normalize_precision(precision)
     variants = [v for v in spec.variants if only is None or v.name in only]
     if only is not None and not variants:
         raise ValueError(f'no variant named {only} in {spec_path}')

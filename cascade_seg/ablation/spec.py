@@ -17,6 +17,9 @@ A spec is an mmengine python config::
     # a variant may carry paper=dict(segm_mAP=36.4): the published number (AP in %), printed
     # in a "paper" column beside ours
     protocol = 'R18-FPN from scratch on the synthetic set, 6 epochs'  # printed under the table
+    precision = 'bf16'   # optional: every variant's precision (training, test and speed);
+                         # a variant's override '+precision' wins, tools/ablate.py --precision
+                         # wins over both (engine/precision.py)
 
 Override keys are dotted paths into the resolved config (the ``--cfg-options`` syntax).
 A key whose parent does not exist, or whose leaf is not in its parent, is an error that
@@ -61,6 +64,8 @@ class AblationSpec:
     seeds: list
     report: dict
     protocol: str = None  # one line stated under the table (what was trained, how)
+    precision: str = None  # the variants' precision unless a variant overrides it
+    force_precision: str = None  # the command line's --precision: wins over everything
 
     @property
     def name(self):
@@ -102,7 +107,16 @@ def load_spec(path):
                         common_overrides=dict(cfg.get('common_overrides', {})), run=run,
                         speed={**DEFAULT_SPEED, **dict(cfg.get('speed', {}))},
                         seeds=list(cfg.get('seeds', [0])), report=dict(cfg.get('report', {})),
-                        protocol=_one_line(cfg.get('protocol'), path))
+                        protocol=_one_line(cfg.get('protocol'), path),
+                        precision=_precision(cfg.get('precision'), path))
+
+
+def _precision(value, path):
+    from cascade_seg.engine.precision import normalize_precision
+    try:
+        return normalize_precision(value)
+    except ValueError as e:
+        raise ValueError(f'{path}: {e}') from None
 
 
 def _paper(variant, path, name):
@@ -158,8 +172,12 @@ def _child(node, key, variant_name, dotted, path):
 
 def build_variant_config(spec, variant):
     cfg = Config.fromfile(variant.config)
+    if spec.precision is not None:
+        cfg.precision = spec.precision
     apply_overrides(cfg, spec.common_overrides, variant.name)
     apply_overrides(cfg, variant.overrides, variant.name)
+    if spec.force_precision is not None:
+        cfg.precision = spec.force_precision
     return cfg
 
 

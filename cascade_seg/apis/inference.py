@@ -13,6 +13,7 @@ from mmengine.utils import ProgressBar
 import cascade_seg.datasets.transforms  # noqa: F401  (registers the pipeline transforms)
 from cascade_seg.datasets.transforms.loading import image_from_array
 from cascade_seg.engine.checkpoint import load_checkpoint
+from cascade_seg.engine.precision import normalize_precision, set_inference_precision
 from cascade_seg.registry import MODELS, TRANSFORMS
 
 __all__ = ['LoadImageFromNDArray', 'init_detector', 'inference_detector', 'build_test_pipeline']
@@ -81,13 +82,17 @@ def _strip_pretrained(node):
             _strip_pretrained(value)
 
 
-def init_detector(config, checkpoint=None, device='cpu', cfg_options=None, strict=False):
+def init_detector(config, checkpoint=None, device='cpu', cfg_options=None, strict=False,
+                  precision=None):
     """Build a detector in eval mode on ``device``.
 
     Weights come from ``checkpoint`` (loaded with ``weights_only=True``; mismatched
     keys are reported with both shapes and raise when ``strict``). ``model.cfg``
     is the config and ``model.dataset_meta['classes']`` comes from the checkpoint
-    meta, else the config's dataset, else ``class_0 ..``.
+    meta, else the config's dataset, else ``class_0 ..``. ``precision`` (``'fp32'``,
+    ``'bf16'``, ``'fp16'`` on CUDA; default: the config's ``precision`` key, else fp32) is the
+    autocast ``inference_detector`` runs the model under (engine/precision.py);
+    ``model.inference_precision`` says what runs.
     """
     cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
     if cfg_options:
@@ -110,7 +115,10 @@ def init_detector(config, checkpoint=None, device='cpu', cfg_options=None, stric
         meta['classes'] = classes
     model.cfg = cfg
     model.dataset_meta = meta
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    requested = normalize_precision(precision) or normalize_precision(cfg.get('precision'))
+    set_inference_precision(model, requested, device)
+    return model
 
 
 def build_test_pipeline(cfg, from_array=False):

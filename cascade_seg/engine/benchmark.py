@@ -16,6 +16,8 @@ import time
 import numpy as np
 import torch
 
+from .precision import normalize_precision, precision_dtype, set_inference_precision
+
 __all__ = ['synthetic_batch', 'set_score_thr', 'build_benchmark_model', 'benchmark']
 
 
@@ -141,8 +143,23 @@ def count_flops(model, data):
     return int(counter.get_total_flops())
 
 
+def _optim_wrapper(model, precision, device, lr):
+    """SGD (momentum 0.9, weight decay 1e-4) in the wrapper of ``precision``."""
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+    from .optim_wrapper import AutocastOptimWrapper
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    if precision == 'fp32':
+        return OptimWrapper(optimizer)
+    if device.startswith('cuda'):
+        return AmpOptimWrapper(optimizer=optimizer, loss_scale='dynamic',
+                               dtype=precision_dtype(precision))
+    return AutocastOptimWrapper(optimizer, dtype=precision_dtype(precision))
+
+
 def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, device='cpu',
-              warmup=2, runs=5, score_thr=0.0, seed=0, num_boxes=3, flops=True, lr=0.0):
+              warmup=2, runs=5, score_thr=0.0, seed=0, num_boxes=3, flops=True, lr=0.0,
+              precision=None):
     """Time ``task`` ('inference' or 'train') of the model in ``cfg``; returns a flat dict.
 
     ``img_size`` is an int or (h, w). Inference reports s/img and img/s, training
@@ -150,7 +167,9 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
     every run does the same work). Peak memory: ``torch.cuda.max_memory_allocated``
     on GPU; on CPU the growth of the process's peak RSS (``getrusage`` ru_maxrss)
     during the timed runs, which misses memory already reached earlier in the
-    process, plus the absolute peak RSS.
+    process, plus the absolute peak RSS. ``precision`` (default: the config's ``precision``
+    key, else fp32) is the autocast of both tasks, as tools/train.py and tools/test.py run them
+    (engine/precision.py); the result says what ran.
     """
     if task not in ('inference', 'train'):
         raise ValueError(f"task must be 'inference' or 'train', got {task!r}")
@@ -160,12 +179,14 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
     try:
         model, cfg = build_benchmark_model(cfg, checkpoint, score_thr, seed)
         model = model.to(device)
+        requested = normalize_precision(precision) or normalize_precision(cfg.get('precision'))
+        precision = set_inference_precision(model, requested, device)
         data = synthetic_batch(size, seed, with_gt=task == 'train',
                                num_classes=_head_classes(model, 'bbox_head') or 1,
                                num_boxes=num_boxes,
                                sem_classes=_head_classes(model, 'semantic_head'))
         result = dict(task=task, config=cfg.filename, device=device,
-                      threads=torch.get_num_threads(),
+                      threads=torch.get_num_threads(), precision=precision,
                       img_size=list(size), warmup=warmup, runs=runs, score_thr=score_thr,
                       params=sum(p.numel() for p in model.parameters()),
                       torch=torch.__version__)
@@ -178,10 +199,8 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
                 times, out = _timed(model.test_step, data, warmup, runs, device)
             result['num_dets'] = len(out[0].pred_instances)
         else:
-            from mmengine.optim import OptimWrapper
             model.train()
-            optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
-                                                 weight_decay=1e-4))
+            optim = _optim_wrapper(model, precision, device, lr)
             times, log_vars = _timed(lambda d: model.train_step(d, optim), data, warmup, runs,
                                      device)
             result['loss'] = float(torch.as_tensor(log_vars['loss']).detach())
@@ -217,4 +236,5 @@ def format_result(r):
     flops = f', {r["gflops"]:.1f} GFLOPs/img' if 'gflops' in r else ''
     return (f'{r["task"]}: {speed}, params {r["params"] / 1e6:.2f} M{flops}, '
             f'peak mem {r["peak_mem_mb"]:.0f} MB [{r["mem_method"]}], '
-            f'{r["img_size"][0]}x{r["img_size"][1]}, {r["device"]}, {r["threads"]} threads')
+            f'{r["img_size"][0]}x{r["img_size"][1]}, {r["device"]}, {r["threads"]} threads, '
+            f'{r.get("precision", "fp32")}')

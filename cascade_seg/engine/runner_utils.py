@@ -12,16 +12,17 @@ from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401 (DictAc
 from mmengine.logging import print_log
 
 from .num_classes import check_num_classes
+from .precision import apply_precision, set_inference_precision
 
-__all__ = ['load_config', 'apply_amp', 'apply_resume', 'setup_launcher', 'build_runner',
-           'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction',
+__all__ = ['load_config', 'apply_amp', 'apply_precision', 'apply_resume', 'setup_launcher',
+           'build_runner', 'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction',
            'check_config_types', 'unread_top_level_keys']
 
 # Top-level keys read by something other than mmengine's Runner(...) arguments:
 # mmengine's Runner (cfg.get), checkpoint meta, and our tools.
 _OTHER_READ_KEYS = {'sync_bn', 'find_unused_parameters', 'model_wrapper_cfg', 'gpu_ids',
                     'compile', 'activation_checkpointing', 'efficient_conv_bn_eval',
-                    'launcher', 'filename', 'dist_params'}
+                    'launcher', 'filename', 'dist_params', 'precision'}
 _MISSING = object()
 
 
@@ -144,23 +145,11 @@ def default_work_dir(cfg):
 
 
 def apply_amp(cfg, device=None):
-    """Switch the optimizer wrapper to mixed precision.
-
-    On GPU mmengine's ``AmpOptimWrapper`` (float16 + dynamic loss scaling); on CPU
-    our ``AutocastOptimWrapper`` with bfloat16 (mmengine's needs a GPU).
-    """
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    ow = cfg.get('optim_wrapper')
-    if ow is None:
+    """``--amp``: the device's mixed precision (bf16 autocast on CPU, fp16 with dynamic loss
+    scaling on GPU), i.e. ``apply_precision(cfg, amp=True)``; see engine/precision.py."""
+    if cfg.get('optim_wrapper') is None:
         raise ValueError('--amp needs an optim_wrapper in the config')
-    if ow.get('type', 'OptimWrapper') in ('AmpOptimWrapper', 'AutocastOptimWrapper'):
-        return cfg
-    if device == 'cuda':
-        ow.type = 'AmpOptimWrapper'
-        ow.setdefault('loss_scale', 'dynamic')
-    else:
-        ow.type = 'AutocastOptimWrapper'
-        ow.setdefault('dtype', 'bfloat16')
+    apply_precision(cfg, amp=True, device=device)
     return cfg
 
 
@@ -259,14 +248,16 @@ def add_custom_hook(cfg, hook):
 
 
 def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False,
-                 launcher='none', seed=None, load_from=None, strict_load=False):
+                 launcher='none', seed=None, load_from=None, strict_load=False, precision=None):
     """Build an mmengine Runner the way tools/train.py and tools/test.py do.
 
     ``config`` is a path or a Config (not modified). ``work_dir`` defaults to the
     config's, else ``work_dirs/<config stem>``; ``resume`` is None, ``'auto'`` or a
     checkpoint path (see :func:`apply_resume`); ``load_from`` loads weights without
     resuming (testing), and ``strict_load`` refuses such weights unless every one
-    of them fits the model.
+    of them fits the model. ``precision`` (``'fp32' | 'bf16' | 'fp16'``, else the config's
+    ``precision`` key; ``amp`` is ``--amp``) sets the optimizer wrapper and the autocast of
+    validation and testing (see engine/precision.py).
     """
     import cascade_seg.engine  # noqa: F401  (safe-globals allow-list, hooks)
     from mmengine.runner import Runner
@@ -278,15 +269,16 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
         if strict_load:
             add_custom_hook(cfg, dict(type='StrictLoadHook', filename=load_from))
     apply_resume(cfg, resume)
-    if amp:
-        apply_amp(cfg)
+    apply_precision(cfg, precision, amp)
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
     check_config_types(cfg)
     check_num_classes(cfg)
     add_custom_hook(cfg, dict(type='NumClassesCheckHook'))
     setup_launcher(cfg, launcher)
-    return Runner.from_cfg(cfg)
+    runner = Runner.from_cfg(cfg)
+    set_inference_precision(runner.model, cfg.precision)
+    return runner
 
 
 def add_test_outputs(cfg, show_dir=None, score_thr=0.3, out_pkl=None):

@@ -2,6 +2,7 @@
 import torch
 from mmengine.model import BaseModel
 
+from cascade_seg.engine.precision import InferencePrecisionMixin
 from cascade_seg.registry import MODELS
 from cascade_seg.structures import DetDataSample
 
@@ -9,7 +10,7 @@ from ..layers import cpu_conv_layout
 
 
 @MODELS.register_module()
-class GeneralizedRCNN(BaseModel):
+class GeneralizedRCNN(InferencePrecisionMixin, BaseModel):
     """Backbone (+ neck) features, proposals from any dense head (or given ones), RoI head.
 
     Args:
@@ -23,6 +24,8 @@ class GeneralizedRCNN(BaseModel):
     Without a proposal generator, each data sample must carry ``proposals`` (InstanceData
     with ``bboxes``). The generator's losses keep their own names (``loss_rpn_cls``, ...).
     Parameters are named ``proposal_generator.*``; MMDetection's ``rpn_head.*`` names load too.
+    ``inference_precision`` (``'fp32'``, ``'bf16'``, ``'fp16'``) is the autocast of ``val_step``
+    and ``test_step`` (see engine/precision.py).
     """
 
     def __init__(self, backbone, neck=None, proposal_generator=None, roi_head=None,

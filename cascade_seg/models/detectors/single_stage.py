@@ -1,6 +1,7 @@
 """One-stage detectors: backbone -> neck -> one dense head that gives the detections."""
 from mmengine.model import BaseModel
 
+from cascade_seg.engine.precision import InferencePrecisionMixin
 from cascade_seg.registry import MODELS
 
 from ..layers import cpu_conv_layout
@@ -8,7 +9,7 @@ from .generalized_rcnn import _samples_for
 
 
 @MODELS.register_module()
-class SingleStageDetector(BaseModel):
+class SingleStageDetector(InferencePrecisionMixin, BaseModel):
     """Backbone (+ neck) features and a dense head (e.g. ``FCOSHead``) whose detections are the
     output; MMDetection's layout, so its one-stage checkpoints convert unchanged.
 
