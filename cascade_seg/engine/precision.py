@@ -31,7 +31,8 @@ import os
 import torch
 
 __all__ = ['PRECISIONS', 'normalize_precision', 'cpu_has_native_bf16', 'resolve_precision',
-           'precision_dtype', 'autocast_context', 'float32_island', 'apply_precision',
+           'precision_dtype', 'autocast_context', 'float32_island', 'float32_call',
+           'apply_precision',
            'optim_wrapper_precision', 'set_inference_precision', 'get_inference_precision',
            'InferencePrecisionMixin', 'model_device_type']
 
@@ -134,6 +135,15 @@ def float32_island(device_type='cpu'):
     """A region computed in float32 whatever autocast is active outside (pass float32 inputs:
     autocast being off, ops keep their inputs' dtype)."""
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+def float32_call(fn, *tensors):
+    """``fn(*tensors)`` with the tensors in float32 (float64 kept) and autocast off: a small
+    layer whose outputs decide rankings or become boxes (box classifier and regressor, RPN
+    objectness and deltas) costs little in float32 and then carries no bfloat16 ties."""
+    device_type = tensors[0].device.type
+    with float32_island(device_type):
+        return fn(*[t if t.dtype == torch.float64 else t.float() for t in tensors])
 
 
 def model_device_type(model):

@@ -9,6 +9,8 @@ from torchvision.ops import batched_nms
 
 from cascade_seg.registry import MODELS, TASK_UTILS
 
+from cascade_seg.engine.precision import float32_call
+
 from ..layers import ConvModule
 
 DEFAULT_TEST_CFG = dict(nms_pre=1000, max_per_img=1000, nms=dict(type='nms', iou_threshold=0.7),
@@ -25,7 +27,7 @@ def flatten_level_outputs(cls_scores, bbox_preds):
     b = cls_scores[0].size(0)
     logits = torch.cat([s.permute(0, 2, 3, 1).reshape(b, -1) for s in cls_scores], dim=1)
     deltas = torch.cat([d.permute(0, 2, 3, 1).reshape(b, -1, 4) for d in bbox_preds], dim=1)
-    return logits, deltas
+    return logits.float(), deltas.float()  # post-processing and losses in float32
 
 
 def anchor_valid_flags(featmap_sizes, num_anchors, strides, valid_shape, device=None):
@@ -152,7 +154,9 @@ class RPNHead(nn.Module):
         x = self.rpn_conv(x)
         if self.num_convs == 1:
             x = F.relu(x)
-        return self.rpn_cls(x), self.rpn_reg(x)
+        # 1x1 predictors in float32 under autocast: bfloat16 objectness logits tie by the
+        # hundreds, and which of them the top-k keeps would then be arbitrary
+        return float32_call(lambda h: (self.rpn_cls(h), self.rpn_reg(h)), x)
 
     def forward(self, feats):
         """Per-level ``(B, A, H, W)`` objectness logits and ``(B, 4A, H, W)`` deltas."""

@@ -131,9 +131,12 @@ class GeneralizedRCNN(InferencePrecisionMixin, BaseModel):
 
 
 def _dense(feats):
-    """NCHW-contiguous copies of channels-last features, made once for the RoI head: RoIAlign
-    would otherwise copy every level at every call (and again in backward)."""
-    return tuple(f.contiguous() for f in feats)
+    """The RoI head's copies of the features, made once: NCHW-contiguous (RoIAlign would
+    otherwise copy every channels-last level at every call, and again in backward) and float32
+    (under bf16 autocast RoIAlign pools in float32, see roi_align.py: one conversion per level
+    here instead of one per RoIAlign call)."""
+    return tuple(f.to(dtype=torch.float32 if f.dtype != torch.float64 else f.dtype,
+                      memory_format=torch.contiguous_format) for f in feats)
 
 
 def _samples_for(batch_inputs):

@@ -50,4 +50,4 @@ class AFPShared2FCBBoxHead(ConvFCBBoxHead):
                          for lvl, fc in enumerate(self.level_fcs)], self.fusion)
         for fc in self.shared_fcs:
             x = F.relu(fc(x))
-        return self.fc_cls(x), self.fc_reg(x)
+        return self.predict_logits(x)

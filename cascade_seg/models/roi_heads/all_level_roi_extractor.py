@@ -46,8 +46,8 @@ class AllLevelRoIExtractor(SingleRoIExtractor):
     def forward(self, feats, rois, roi_scale_factor=None, img_shapes=None):
         feats = feats[:self.num_inputs]
         ref = feats[0]
-        if rois.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
-            rois = rois.to(ref.dtype)
+        if ref.dtype == torch.float64:
+            rois = rois.double()  # never lower: RoIAlign keeps coordinates in at least float32
         if roi_scale_factor is not None:
             rois = rescale_rois(rois, roi_scale_factor)
         if rois.size(0) == 0:

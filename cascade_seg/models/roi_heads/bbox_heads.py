@@ -11,6 +11,8 @@ from torchvision.ops import batched_nms, nms
 
 from cascade_seg.registry import MODELS, TASK_UTILS
 
+from cascade_seg.engine.precision import float32_call, float32_island
+
 from ..layers import ConvModule
 from ..losses import accuracy
 
@@ -187,7 +189,12 @@ class ConvFCBBoxHead(nn.Module):
         x = x.flatten(1)
         for fc in self.shared_fcs:
             x = F.relu(fc(x))
-        return self.fc_cls(x), self.fc_reg(x)
+        return self.predict_logits(x)
+
+    def predict_logits(self, x):
+        """``(fc_cls(x), fc_reg(x))``, in float32 under autocast: the scores rank the
+        detections and the deltas become boxes (two small layers, cheap in float32)."""
+        return float32_call(lambda h: (self.fc_cls(h), self.fc_reg(h)), x)
 
     def loss(self, cls_score, bbox_pred, rois, labels, label_weights, targets, weights):
         """``dict(loss_cls, acc, loss_bbox)``; box loss on positives, averaged over all RoIs."""

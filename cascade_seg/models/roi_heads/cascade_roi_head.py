@@ -11,6 +11,8 @@ from torch import nn
 
 from cascade_seg.registry import MODELS, TASK_BRANCHES, TASK_UTILS
 
+from cascade_seg.engine.precision import float32_island
+
 from ..task_utils import boxes_to_rois
 from .bbox_heads import bbox_targets, postprocess_detections, refine_boxes, regress_by_class
 from .roi_features import RoIFeatures, SemanticContext, as_roi_features
@@ -380,16 +382,20 @@ class CascadeRoIHead(nn.Module):
             raise NotImplementedError(f"only nms type 'nms' is supported, got {nms_cfg}")
         head = self.bbox_head[-1]
         results = []
-        for r, s, p, meta in zip(rois.split(num_per_img), cls_score.split(num_per_img),
-                                 bbox_pred.split(num_per_img), metas):
-            k = p.size(1) // 4
-            boxes = head.bbox_coder.decode(r[:, 1:].repeat_interleave(k, dim=0), p.reshape(-1, 4),
-                                           max_shape=meta['img_shape'])
-            det_boxes, det_scores, det_labels = postprocess_detections(
-                boxes.view(r.size(0), 4 * k), F.softmax(s, dim=-1),
-                cfg_get(cfg, 'score_thr', 0.05), nms_cfg.get('iou_threshold', 0.5),
-                cfg_get(cfg, 'max_per_img', 100), cfg_get(cfg, 'min_bbox_size', 0))
-            results.append(InstanceData(bboxes=det_boxes, scores=det_scores, labels=det_labels))
+        # float32 island: decoding, softmax scores and NMS (the box head's predictors already
+        # ran in float32; under autocast nothing here may drop to bfloat16)
+        with float32_island(rois.device.type):
+            for r, s, p, meta in zip(rois.split(num_per_img), cls_score.split(num_per_img),
+                                     bbox_pred.split(num_per_img), metas):
+                k = p.size(1) // 4
+                boxes = head.bbox_coder.decode(r[:, 1:].repeat_interleave(k, dim=0),
+                                               p.reshape(-1, 4), max_shape=meta['img_shape'])
+                det_boxes, det_scores, det_labels = postprocess_detections(
+                    boxes.view(r.size(0), 4 * k), F.softmax(s.float(), dim=-1),
+                    cfg_get(cfg, 'score_thr', 0.05), nms_cfg.get('iou_threshold', 0.5),
+                    cfg_get(cfg, 'max_per_img', 100), cfg_get(cfg, 'min_bbox_size', 0))
+                results.append(InstanceData(bboxes=det_boxes, scores=det_scores,
+                                            labels=det_labels))
         return results
 
     def _predict_boxes(self, feats, proposals, metas):

@@ -46,8 +46,8 @@ class _MaskPredictor(nn.Module):
         channels = self._channels(labels)
         inds = torch.arange(mask_logits.size(0), device=mask_logits.device)
         if self.predictor == 'softmax':
-            return mask_logits.softmax(dim=1)[inds, channels]
-        return mask_logits[inds, channels].sigmoid()
+            return mask_logits.float().softmax(dim=1)[inds, channels]
+        return mask_logits[inds, channels].float().sigmoid()  # float32 for averaging, pasting
 
 
 @MODELS.register_module()

@@ -102,8 +102,8 @@ class SingleRoIExtractor(nn.Module):
         feats = feats[:self.num_inputs]
         num_levels = len(feats)
         ref = feats[0]
-        if rois.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
-            rois = rois.to(ref.dtype)  # the ops need matching dtypes; autocast casts both itself
+        if ref.dtype == torch.float64:
+            rois = rois.double()  # never lower: RoIAlign keeps coordinates in at least float32
         if roi_scale_factor is not None:
             rois = rescale_rois(rois, roi_scale_factor)
         contexts = [f.mean(dim=(2, 3)) for f in feats] if self.gc_context else None
@@ -115,7 +115,8 @@ class SingleRoIExtractor(nn.Module):
             if contexts is not None:
                 pooled = pooled + contexts[0][rois[:, 0].long()][:, :, None, None]
             return pooled.to(ref.dtype)
-        out = ref.new_zeros((rois.size(0), ref.size(1), *self.output_size))
+        # every RoI gets a level (the rules clamp), so every row is written
+        out = ref.new_empty((rois.size(0), ref.size(1), *self.output_size))
         target_lvls = self.map_roi_levels(rois, num_levels, img_shapes)
         for lvl, feat in enumerate(feats):
             inds = torch.nonzero(target_lvls == lvl, as_tuple=True)[0]

@@ -5,6 +5,7 @@ The box stages and the task branches ask for RoI features through one object, so
 such as HTC's semantic feature is a wrapper around extraction rather than an argument threaded
 through every method.
 """
+import torch
 import torch.nn.functional as F
 
 
@@ -23,7 +24,9 @@ class SemanticContext:
     in ``tasks`` (e.g. ``('bbox', 'mask')``)."""
 
     def __init__(self, semantic_feat, extractor, tasks):
-        self.semantic_feat = semantic_feat
+        # pooled by RoIAlign in float32 (the semantic head's convs may run in bf16)
+        self.semantic_feat = semantic_feat if semantic_feat.dtype == torch.float64 else \
+            semantic_feat.float()
         self.extractor = extractor
         self.tasks = tuple(tasks)
 

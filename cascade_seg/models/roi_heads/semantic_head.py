@@ -69,6 +69,6 @@ class FusedSemanticHead(nn.Module):
         # input is divisible by the stride; sizing by the logits keeps shapes equal otherwise.
         labels = F.interpolate(gt_sem_seg.float(), size=seg_logits.shape[-2:], mode='nearest')
         labels = labels[:, 0].long()
-        loss = F.cross_entropy(seg_logits, labels, ignore_index=self.ignore_label,
+        loss = F.cross_entropy(seg_logits.float(), labels, ignore_index=self.ignore_label,
                                reduction='none')
         return loss.mean() * self.loss_weight

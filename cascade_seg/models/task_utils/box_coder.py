@@ -24,7 +24,11 @@ def encode_deltas(
 ) -> Tensor:
     """Deltas ``(dx, dy, dw, dh)`` turning ``boxes`` into ``targets``: (..., 4) -> (..., 4) fp32."""
     assert boxes.shape == targets.shape, (boxes.shape, targets.shape)
-    boxes, targets = _fp32(boxes), _fp32(targets)
+    with torch.autocast(device_type=boxes.device.type, enabled=False):  # a float32 island
+        return _encode(_fp32(boxes), _fp32(targets), means, stds)
+
+
+def _encode(boxes, targets, means, stds):
     pw = boxes[..., 2] - boxes[..., 0]
     ph = boxes[..., 3] - boxes[..., 1]
     px = (boxes[..., 0] + boxes[..., 2]) * 0.5
@@ -56,7 +60,13 @@ def decode_deltas(boxes: Tensor,
     centre shift is limited to ``ctr_clamp`` pixels and ``dw, dh`` only from above (MMDetection).
     ``max_shape = (h, w)`` clips the result when ``clip_border``.
     """
-    boxes, deltas = _fp32(boxes), _fp32(deltas)
+    with torch.autocast(device_type=deltas.device.type, enabled=False):  # a float32 island
+        return _decode(_fp32(boxes), _fp32(deltas), means, stds, max_shape, wh_clamp,
+                       clip_border, add_ctr_clamp, ctr_clamp, symmetric_clamp)
+
+
+def _decode(boxes, deltas, means, stds, max_shape, wh_clamp, clip_border, add_ctr_clamp,
+            ctr_clamp, symmetric_clamp):
     lead, k4 = deltas.shape[:-1], deltas.shape[-1]
     if deltas.numel() == 0:
         return deltas.clone()

@@ -61,7 +61,7 @@ class MaskBranch(TaskBranch):
         # The target size is the logits' own (28 for the FCN head, mask_size for the MLP head).
         targets = torch.cat([mask_targets(s.pos_priors, s.pos_gt_inds, gt.masks, logits.size(-1),
                                           binarize=binarize)
-                             for s, gt in zip(samples, gts)]).to(logits)
+                             for s, gt in zip(samples, gts)]).to(logits.device)  # float32
         labels = torch.cat([s.pos_gt_labels for s in samples]).long()
         shared.update(mask_logits=logits, mask_targets=targets, mask_labels=labels)
         return dict(loss_mask=self.head(stage).loss(logits, targets, labels))
