@@ -110,3 +110,34 @@ def test_extractor_training_path_matches_inference_path():
     with torch.no_grad():
         test_out = ext(feats, rois)
     assert torch.equal(train_out, test_out)
+
+
+@pytest.mark.parametrize('mean', [(1, 1), (2, 2), (2, 1)])
+@pytest.mark.parametrize('sampling_ratio,aligned', [(0, True), (2, False)])
+def test_window_mean_matches_roi_align_then_pooling(mean, sampling_ratio, aligned):
+    """HTC's semantic context: RoIAlign at 14x14 then 2x2 means, computed at 7x7 directly."""
+    from torch.nn import functional as F
+    feat = torch.randn(3, 8, 32, 40, generator=torch.Generator().manual_seed(2),
+                       requires_grad=True)
+    rois = _rois(50, 32, 40, 0.125, seed=7)
+    size = (7, 7)
+    ref = F.avg_pool2d(tv_roi_align(feat, rois, (7 * mean[0], 7 * mean[1]), 0.125,
+                                    sampling_ratio, aligned), mean)
+    out = ra.roi_align_window_mean(feat, rois, size, 0.125, sampling_ratio, aligned, mean)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(ref)
+    ref_grad, = torch.autograd.grad(ref, feat, grad)
+    ours, = torch.autograd.grad(out, feat, grad)
+    torch.testing.assert_close(ours, ref_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_semantic_extractor_pools_the_mean_in_one_pass():
+    from cascade_seg.models.roi_heads.roi_features import avg_pool_to
+    ext = SingleRoIExtractor(dict(type='RoIAlign', output_size=14, sampling_ratio=0),
+                             out_channels=4, featmap_strides=[8])
+    feat = torch.randn(2, 4, 16, 16)
+    rois = _rois(30, 16, 16, 0.125, seed=9, images=2)
+    for size in ((7, 7), (14, 14)):
+        torch.testing.assert_close(ext.pool_mean([feat], rois, size),
+                                   avg_pool_to(ext([feat], rois), size), atol=1e-5, rtol=1e-5)
+    assert ext.pool_mean([feat], rois[:0], (7, 7)).shape == (0, 4, 7, 7)

@@ -36,6 +36,19 @@ def test_class_wise_nms_equals_batched_nms():
     assert torch.equal(class_wise_nms(b, s, lab, 0.5), batched_nms(b, s, lab, 0.5))
 
 
+def test_class_wise_nms_on_threads_equals_batched_nms():
+    boxes, scores = _random_dets(200, 12, seed=3, ties=True)
+    b, s = boxes.view(-1, 4), scores[:, :-1].reshape(-1)
+    labels = torch.arange(12).repeat(200)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # the classes' NMS on three threads
+        keep = class_wise_nms(b, s, labels, 0.5)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(keep, batched_nms(b, s, labels, 0.5))
+
+
 def test_postprocess_detections_unchanged_on_many_classes():
     boxes, scores = _random_dets(300, 20, seed=2)
     det_boxes, det_scores, det_labels = postprocess_detections(boxes, scores, 0.0, 0.5, 100)

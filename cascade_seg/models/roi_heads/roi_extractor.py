@@ -7,7 +7,7 @@ from torchvision.ops import RoIPool
 from cascade_seg.registry import MODELS
 
 from .level_mapping import build_level_mapping
-from .roi_align import roi_align
+from .roi_align import roi_align, roi_align_window_mean
 
 
 def map_roi_levels(rois, num_levels, finest_scale=56, mode='mmdet', finest_stride=4):
@@ -93,6 +93,22 @@ class SingleRoIExtractor(nn.Module):
 
     def map_roi_levels(self, rois, num_levels, img_shapes=None):
         return self.level_mapping(rois, self.featmap_strides[:num_levels], img_shapes)
+
+    def pool_mean(self, feats, rois, size):
+        """``avg_pool_to(self(feats, rois), size)`` (``size`` dividing ``output_size``):
+        for one RoIAlign level without context, computed at ``size`` in one separable pass
+        (see ``roi_align_window_mean``), the way HTC's semantic context is pooled: every RoI
+        on a stride-8 map, where torchvision's kernel spends up to 25 samples per bin."""
+        from .roi_features import avg_pool_to
+        (oh, ow), (h, w) = self.output_size, tuple(size)
+        layer = self.roi_layers[0]
+        if (self.num_inputs != 1 or self.gc_context or not isinstance(layer, RoIAlign)
+                or oh % h or ow % w):
+            return avg_pool_to(self(feats, rois), size)
+        ref = feats[0]
+        out = roi_align_window_mean(ref, rois, (h, w), layer.spatial_scale,
+                                    layer.sampling_ratio, layer.aligned, (oh // h, ow // w))
+        return out.to(ref.dtype)
 
     def forward(self, feats, rois, roi_scale_factor=None, img_shapes=None):
         """Per-level ``(B, C, H, W)`` feats and ``(K, 5)`` rois -> ``(K, C, *output_size)``.
