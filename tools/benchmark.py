@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--no-flops', action='store_true', help='skip the FLOP count')
     p.add_argument('--json', default=None, help='write the results here')
+    p.add_argument('--dump-dets', default=None,
+                   help="inference: save the last run's bboxes, scores and labels (torch.save)")
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
     p.add_argument('--verbose', action='store_true', help='keep mmengine INFO logs')
     return p.parse_args(argv)
@@ -66,7 +68,8 @@ def main(argv=None):
         r = benchmark(cfg, task=task, checkpoint=args.checkpoint, img_size=tuple(size),
                       threads=args.threads, device=args.device, warmup=args.warmup,
                       runs=args.runs, score_thr=score_thr, seed=args.seed,
-                      flops=not args.no_flops, precision=precision)
+                      flops=not args.no_flops, precision=precision,
+                      dets_out=args.dump_dets if task == 'inference' else None)
         print(format_result(r), flush=True)
         results.append(r)
     if args.json:

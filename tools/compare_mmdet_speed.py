@@ -1,137 +1,197 @@
 #!/usr/bin/env python
-"""Side-by-side CPU speed and memory of our R50-FPN models and MMDetection 3.3's:
-python tools/compare_mmdet_speed.py [--models mask_rcnn htc ...] [--runs 5] [--rounds 1]
+"""Side-by-side CPU speed and memory of our R50-FPN models and MMDetection 3.3's, on the same
+weights, in fp32 and under the same bf16 autocast:
 
-Every (model, task) cell runs both sides back to back, each in its own fresh subprocess
-(ours: ``tools/benchmark.py``; MMDetection: ``../shared/mmdet_ref/mmdet_ref.py`` under the
-reference python), alternating which side goes first, so drifting machine load hits both
-alike. Both measure the same thing: a seeded random 512x512 uint8 image, score threshold 0
-(100 detections, mask path running), ``test_step`` for inference, ``train_step`` (data
-preprocessor + loss + backward + SGD step at lr 0) for training, the same warmup, runs and
-threads, median time. Peak memory is each subprocess's peak RSS (``wait4`` ru_maxrss),
-measured identically for both sides. Prints a Markdown table.
+    python tools/compare_mmdet_speed.py [--models mask_rcnn htc ...] [--precisions fp32 bf16]
+        [--tasks inference train] [--runs 5] [--rounds 1] [--threads 2] [--size 512]
+    python tools/compare_mmdet_speed.py --quick --models mask_rcnn     # smoke test, ~2 min
+
+Like for like:
+- **Same weights.** MMDetection's seeded model (random weights, ``--randomize-norm``
+  BatchNorms, as the parity tests use: decisive scores) is saved once by tools/mmdet_bench.py
+  under the reference interpreter, converted with our converter (``convert_mmdet``, checked to
+  fit our model key for key) and loaded by our side; MMDetection's side loads the very same
+  file. Our side runs the ``*_mmdet.py`` configs (MMDetection's inference conventions), so in
+  fp32 both sides pool the same RoIs and return the same detections (the table says how many
+  of MMDetection's detections ours match: same label, box IoU >= 0.9).
+- **Same work.** A seeded random uint8 image, score threshold 0 (100 detections: the mask path
+  runs on 100 boxes), ``test_step`` for inference, ``train_step`` (data preprocessor + loss +
+  backward + SGD at lr 0) with the same 3 GT instances for training, the same warmup, runs and
+  threads; the median time.
+- **Same precision.** fp32, and bf16: ``torch.autocast('cpu', dtype=torch.bfloat16)`` around
+  the forward on both sides (ours: ``--precision bf16``, its float32 islands included;
+  MMDetection: plain autocast, mmcv's float32-only ops given float32 arguments, see
+  tools/mmdet_bench.py).
+- **Memory.** Every (side, model, task, precision) runs in a fresh subprocess; its peak RSS is
+  that process's ``ru_maxrss`` (``wait4``), measured the same way for both sides. The sides
+  alternate which goes first, so drifting machine load hits both alike.
+
+Prints the CPU model and the threads, one table per precision (ours vs MMDetection) and one of
+bf16 against fp32 on each side (speed-up, and the fraction of the fp32 detections that bf16
+keeps: same label, IoU >= 0.9). Needs the reference interpreter (``--ref-python``,
+``$MMDET_REF_PY``, default ``~/.cache/cascade_seg/mmdet-ref-venv/bin/python``; set it up with
+``bash ../shared/mmdet_ref/setup.sh``).
 """
 import argparse
 import json
 import os
 import os.path as osp
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from cascade_seg.engine.benchmark import paired_ratio, pool_rounds, run_measured  # noqa: E402
+
 OURS = dict(
-    mask_rcnn=('Mask R-CNN', 'configs/mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'),
+    mask_rcnn=('Mask R-CNN', 'configs/mask_rcnn/mask-rcnn_r50_fpn_mmdet.py'),
     cascade_mask_rcnn=('Cascade Mask R-CNN',
-                       'configs/cascade_mask_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py'),
-    htc_wo_sem=('HTC without semantic', 'configs/htc/htc-without-semantic_r50_fpn_1x_coco.py'),
-    htc=('HTC', 'configs/htc/htc_r50_fpn_1x_coco.py'),
+                       'configs/cascade_mask_rcnn/cascade-mask-rcnn_r50_fpn_mmdet.py'),
+    htc_wo_sem=('HTC without semantic', 'configs/htc/htc-without-semantic_r50_fpn_mmdet.py'),
+    htc=('HTC', 'configs/htc/htc_r50_fpn_mmdet.py'),
 )
 DEFAULT_REF_PY = osp.expanduser('~/.cache/cascade_seg/mmdet-ref-venv/bin/python')
 DEFAULT_REF_SCRIPT = osp.join(osp.dirname(ROOT), 'shared', 'mmdet_ref', 'mmdet_ref.py')
+SIDES = ('ours', 'mmdet')
 
 
-def run_measured(cmd, log):
-    """Run ``cmd``; returns (returncode, peak RSS in MiB of that process tree's largest
-    process, wall seconds). ``wait4`` gives this child's own rusage, unlike RUSAGE_CHILDREN."""
-    t0 = time.perf_counter()
-    with open(log, 'w') as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024, time.perf_counter() - t0
+def prepare_weights(model, args, tmp):
+    """MMDetection's seeded model saved by the reference side, and our conversion of it.
+    Returns (mmdet weights file, our checkpoint file)."""
+    import torch
 
-
-def ours_cmd(model, task, args, out):
-    return [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), OURS[model][1],
-            '--task', task, '--img-size', str(args.size), '--threads', str(args.threads),
-            '--warmup', str(args.warmup), '--runs', str(args.runs), '--no-flops', '--json', out]
-
-
-def mmdet_cmd(model, task, args, out):
-    skip = '--skip-train' if task == 'inference' else '--skip-infer'
-    return [args.ref_python, args.ref_script, model, skip, '--quiet', '--size', str(args.size),
-            '--threads', str(args.threads), '--warmup', str(args.warmup), '--runs',
-            str(args.runs), '--json', out]
-
-
-def read_times(side, path):
-    with open(path) as f:
-        res = json.load(f)['results'][0]
-    if side == 'ours':
-        return res['times_s'], res['params'], res.get('num_dets')
-    times = res.get('infer_all') or res.get('train_all')
-    return times, res['params'], res.get('ndet')
-
-
-def measure_cell(model, task, args, tmp, first):
-    cell = {}
-    sides = ['ours', 'mmdet'] if first == 'ours' else ['mmdet', 'ours']
-    for side in sides:
-        out = osp.join(tmp, f'{side}_{model}_{task}.json')
-        log = osp.join(tmp, f'{side}_{model}_{task}.log')
-        cmd = (ours_cmd if side == 'ours' else mmdet_cmd)(model, task, args, out)
-        load0 = os.getloadavg()[0]
-        rc, rss, wall = run_measured(cmd, log)
+    from cascade_seg.engine.benchmark import build_benchmark_model
+    from cascade_seg.utils import align_to_model, convert_mmdet
+    mmdet_path = osp.join(tmp, f'mmdet_{model}.pth')
+    ours_path = osp.join(tmp, f'ours_{model}.pth')
+    if not osp.isfile(mmdet_path):
+        cmd = [args.ref_python, osp.join(ROOT, 'tools', 'mmdet_bench.py'), model,
+               '--ref-script', args.ref_script, '--save-weights', mmdet_path,
+               '--size', str(args.size), '--threads', str(args.threads)]
+        rc, _, _ = run_measured(cmd, osp.join(tmp, f'save_{model}.log'), cwd=ROOT)
         if rc != 0:
-            with open(log) as f:
+            with open(osp.join(tmp, f'save_{model}.log')) as f:
+                raise RuntimeError(f'saving MMDetection\'s {model} failed:\n{f.read()[-3000:]}')
+    sd, unmapped = convert_mmdet(torch.load(mmdet_path, map_location='cpu', weights_only=True))
+    ours, _ = build_benchmark_model(osp.join(ROOT, OURS[model][1]))
+    sd, report = align_to_model(sd, ours.state_dict(), unmapped)
+    if not report.ok:
+        raise RuntimeError(f'the converted {model} weights do not fit our model:\n{report}')
+    torch.save(dict(state_dict=sd, meta=dict(source=f'MMDetection 3.3 {model}, seeded')),
+               ours_path)
+    return mmdet_path, ours_path
+
+
+def side_cmd(side, model, task, precision, args, weights, out, dets):
+    common = ['--threads', str(args.threads), '--warmup', str(args.warmup), '--runs',
+              str(args.runs), '--precision', precision, '--json', out]
+    if side == 'ours':
+        cmd = [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), OURS[model][1],
+               '--checkpoint', weights, '--task', task, '--img-size', str(args.size),
+               '--no-flops'] + common
+    else:
+        cmd = [args.ref_python, osp.join(ROOT, 'tools', 'mmdet_bench.py'), model,
+               '--ref-script', args.ref_script, '--weights', weights, '--task', task,
+               '--size', str(args.size)] + common
+    return cmd + (['--dump-dets', dets] if task == 'inference' else [])
+
+
+def measure_cell(model, task, precision, args, tmp, weights, first):
+    cell = {}
+    for side in (SIDES if first == 'ours' else SIDES[::-1]):
+        stem = osp.join(tmp, f'{side}_{model}_{task}_{precision}')
+        cmd = side_cmd(side, model, task, precision, args, weights[side], stem + '.json',
+                       stem + '_dets.pt')
+        load0 = os.getloadavg()[0]
+        rc, rss, wall = run_measured(cmd, stem + '.log', cwd=ROOT)
+        if rc != 0:
+            with open(stem + '.log') as f:
                 tail = f.read()[-3000:]
-            raise RuntimeError(f'{side} {model} {task} failed (rc {rc}):\n{tail}')
-        times, params, ndet = read_times(side, out)
-        cell[side] = dict(times=times, params=params, ndet=ndet, rss_mb=rss, wall_s=wall,
-                          load=(load0, os.getloadavg()[0]))
-        print(f'  {side:5s} {model} {task}: median {statistics.median(times):.3f}s '
-              f'runs={times} dets={ndet} peak RSS {rss:.0f} MiB '
+            raise RuntimeError(f'{side} {model} {task} {precision} failed (rc {rc}):\n{tail}')
+        with open(stem + '.json') as f:
+            res = json.load(f)['results'][0]
+        cell[side] = dict(times=res['times_s'], params=res['params'], ndet=res.get('num_dets'),
+                          rss_mb=rss, wall_s=wall, load=(load0, os.getloadavg()[0]),
+                          ran=res.get('precision', precision),
+                          dets=stem + '_dets.pt' if task == 'inference' else None)
+        print(f'  {side:5s} {model} {task} {precision}: median '
+              f'{statistics.median(res["times_s"]):.3f}s runs={res["times_s"]} '
+              f'dets={cell[side]["ndet"]} peak RSS {rss:.0f} MiB '
               f'load {load0:.1f}->{os.getloadavg()[0]:.1f}', flush=True)
     return cell
 
 
-def merge(cells):
-    """Pool the per-run times (and max RSS) of several rounds of one side."""
-    return dict(times=[t for c in cells for t in c['times']], params=cells[0]['params'],
-                ndet=cells[0]['ndet'], rss_mb=max(c['rss_mb'] for c in cells),
-                round_medians=[statistics.median(c['times']) for c in cells])
+def det_match(ref_file, other_file):
+    import torch
+
+    from cascade_seg.engine.benchmark import match_detections
+    if not (ref_file and other_file and osp.isfile(ref_file) and osp.isfile(other_file)):
+        return None
+    return match_detections(torch.load(ref_file, weights_only=True),
+                            torch.load(other_file, weights_only=True))
 
 
-def paired_ratio(cell):
-    """Median over rounds of ours/mmdet measured back to back: robust to load drifting
-    between rounds, which pooling all runs is not."""
-    return statistics.median(o / m for o, m in zip(cell['ours']['round_medians'],
-                                                   cell['mmdet']['round_medians']))
+def _pct(x):
+    return '-' if x is None else f'{100 * x:.0f}%'
 
 
-def table(results, args, loads):
-    lines = [
-        f'CPU, {args.threads} threads, {args.size}x{args.size} random image, score_thr 0, '
-        f'warmup {args.warmup}, median of {args.runs} runs x {args.rounds} round(s) (ratio: median '
-        f'of the per-round ours/mmdet ratios); '
-        f'load average (1 min) during the runs: {min(loads):.1f}-{max(loads):.1f}',
-        '',
-        '| model | params ours / mmdet | infer s/img ours | mmdet | ratio | dets ours / mmdet '
-        '| train s ours | mmdet | ratio | peak RSS train ours / mmdet (MiB) '
-        '| peak RSS infer ours / mmdet (MiB) |',
-        '|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|',
-    ]
+def precision_table(results, precision):
+    lines = [f'**{precision}** (ours / MMDetection; ratio < 1: ours faster or smaller)', '',
+             '| model | params ours / mmdet | infer s ours | mmdet | ratio | dets ours / mmdet '
+             '(matched) | train s ours | mmdet | ratio | peak RSS train ours / mmdet (MiB) '
+             '| peak RSS infer ours / mmdet (MiB) |',
+             '|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|']
     for model, r in results.items():
-        row = [OURS[model][0]]
-        inf, tr = r.get('inference'), r.get('train')
+        inf, tr = r.get(('inference', precision)), r.get(('train', precision))
         any_cell = inf or tr
-        row.append(f'{any_cell["ours"]["params"] / 1e6:.1f} M / '
-                   f'{any_cell["mmdet"]["params"] / 1e6:.1f} M')
+        if any_cell is None:
+            continue
+        row = [OURS[model][0], f'{any_cell["ours"]["params"] / 1e6:.1f} M / '
+                               f'{any_cell["mmdet"]["params"] / 1e6:.1f} M']
         for cell in (inf, tr):
             if cell is None:
-                row += ['-', '-', '-'] + (['-'] if cell is inf else [])
+                row += ['-'] * (4 if cell is inf else 3)
                 continue
-            o, m = (statistics.median(cell[s]['times']) for s in ('ours', 'mmdet'))
-            row += [f'{o:.3f}', f'{m:.3f}', f'**{paired_ratio(cell):.2f}**']
+            o, m = (statistics.median(cell[s]['times']) for s in SIDES)
+            row += [f'{o:.3f}', f'{m:.3f}', f'**{paired_ratio(cell["ours"], cell["mmdet"]):.2f}**']
             if cell is inf:
-                row.append(f'{cell["ours"]["ndet"]} / {cell["mmdet"]["ndet"]}')
+                row.append(f'{cell["ours"]["ndet"]} / {cell["mmdet"]["ndet"]} '
+                           f'({_pct(det_match(cell["mmdet"]["dets"], cell["ours"]["dets"]))})')
         for cell in (tr, inf):
             row.append('-' if cell is None else
                        f'{cell["ours"]["rss_mb"]:.0f} / {cell["mmdet"]["rss_mb"]:.0f}')
         lines.append('| ' + ' | '.join(row) + ' |')
+    return '\n'.join(lines)
+
+
+def bf16_table(results, low='bf16'):
+    lines = [f'**{low} against fp32** (speed-up = fp32 time / {low} time; kept = fp32 '
+             f'detections that {low} keeps: same label, IoU >= 0.9)', '',
+             '| model | infer speed-up ours | mmdet | train speed-up ours | mmdet '
+             '| kept ours | kept mmdet | ours bf16 / mmdet bf16 infer | train |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for model, r in results.items():
+        row = [OURS[model][0]]
+        for task in ('inference', 'train'):
+            hi, lo = r.get((task, 'fp32')), r.get((task, low))
+            for side in SIDES:
+                row.append('-' if hi is None or lo is None else
+                           f'{paired_ratio(hi[side], lo[side]):.2f}x')
+        hi, lo = r.get(('inference', 'fp32')), r.get(('inference', low))
+        for side in SIDES:
+            row.append('-' if hi is None or lo is None else
+                       _pct(det_match(hi[side]['dets'], lo[side]['dets'])))
+        for task in ('inference', 'train'):
+            lo = r.get((task, low))
+            row.append('-' if lo is None else f'{paired_ratio(lo["ours"], lo["mmdet"]):.2f}')
+        lines.append('| ' + ' | '.join(row) + ' |')
+    lines += ['', 'Random weights with randomised BatchNorms are chaotic: float32 and float64 '
+              'features already part by ~1e-4 at C5, bfloat16 ones by tens of percent, on both '
+              'sides alike, so "kept" describes these weights, not the implementation (on a '
+              'trained model see docs/speed.md).']
     return '\n'.join(lines)
 
 
@@ -141,38 +201,72 @@ def main(argv=None):
     p.add_argument('--models', nargs='+', default=list(OURS), choices=list(OURS))
     p.add_argument('--tasks', nargs='+', default=['inference', 'train'],
                    choices=['inference', 'train'])
+    p.add_argument('--precisions', nargs='+', default=['fp32', 'bf16'], choices=['fp32', 'bf16'])
     p.add_argument('--runs', type=int, default=5)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--rounds', type=int, default=1, help='repeat every cell; times are pooled')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--size', type=int, default=512)
+    p.add_argument('--quick', action='store_true',
+                   help='smoke test: 128x128, no warmup, 1 run, 1 round')
     p.add_argument('--ref-python', default=os.environ.get('MMDET_REF_PY', DEFAULT_REF_PY))
     p.add_argument('--ref-script', default=DEFAULT_REF_SCRIPT)
+    p.add_argument('--work-dir', default=None,
+                   help='keep weights, logs and raw outputs here (default: a temporary folder)')
     p.add_argument('--json', default=None, help='write all raw measurements here')
-    p.add_argument('--markdown', default=None, help='write the table here')
+    p.add_argument('--markdown', default=None, help='write the tables here')
     args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.warmup, args.runs, args.rounds = 128, 0, 1, 1
+    if not osp.isfile(args.ref_python):
+        p.error(f'no MMDetection reference interpreter at {args.ref_python} (--ref-python, '
+                '$MMDET_REF_PY; bash ../shared/mmdet_ref/setup.sh builds one)')
 
+    import torch
+
+    from cascade_seg.engine.benchmark import cpu_description
+    header = (f'CPU: {cpu_description()}; {args.threads} threads per side; torch '
+              f'{torch.__version__}; {args.size}x{args.size} random image, score_thr 0, warmup '
+              f'{args.warmup}, median of {args.runs} runs x {args.rounds} round(s) (ratios: '
+              'median of the per-round ratios); same weights on both sides')
+    print(header, flush=True)
+    tmp = args.work_dir or tempfile.mkdtemp(prefix='compare_mmdet_')
+    os.makedirs(tmp, exist_ok=True)
     results, loads, k = {}, [], 0
-    with tempfile.TemporaryDirectory() as tmp:
+    try:
         for model in args.models:
+            mmdet_w, ours_w = prepare_weights(model, args, tmp)
+            weights = dict(ours=ours_w, mmdet=mmdet_w)
             results[model] = {}
-            for task in args.tasks:
-                rounds = []
-                for _ in range(args.rounds):
-                    rounds.append(measure_cell(model, task, args, tmp,
-                                               'ours' if k % 2 == 0 else 'mmdet'))
-                    k += 1
-                    loads += [x for s in ('ours', 'mmdet') for x in rounds[-1][s]['load']]
-                results[model][task] = {s: merge([r[s] for r in rounds])
-                                        for s in ('ours', 'mmdet')}
-    text = table(results, args, loads)
-    print('\n' + text)
-    if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(text + '\n')
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(args=vars(args), loads=loads, results=results), f, indent=1)
+            for precision in args.precisions:
+                for task in args.tasks:
+                    rounds = []
+                    for _ in range(args.rounds):
+                        rounds.append(measure_cell(model, task, precision, args, tmp, weights,
+                                                   'ours' if k % 2 == 0 else 'mmdet'))
+                        k += 1
+                        loads += [x for s in SIDES for x in rounds[-1][s]['load']]
+                    results[model][(task, precision)] = {s: pool_rounds([r[s] for r in rounds])
+                                                        for s in SIDES}
+        text = [header, f'load average (1 min) during the runs: {min(loads):.1f}-'
+                        f'{max(loads):.1f}', '']
+        for precision in args.precisions:
+            text += [precision_table(results, precision), '']
+        if 'fp32' in args.precisions and 'bf16' in args.precisions:
+            text += [bf16_table(results), '']
+        text = '\n'.join(text)
+        print('\n' + text)
+        if args.markdown:
+            with open(args.markdown, 'w') as f:
+                f.write(text + '\n')
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(dict(args=vars(args), header=header, loads=loads, results={
+                    m: {f'{t}/{pr}': c for (t, pr), c in r.items()}
+                    for m, r in results.items()}), f, indent=1)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return results
 
 

@@ -18,7 +18,8 @@ import torch
 
 from .precision import normalize_precision, precision_dtype, set_inference_precision
 
-__all__ = ['synthetic_batch', 'set_score_thr', 'build_benchmark_model', 'benchmark']
+__all__ = ['synthetic_batch', 'set_score_thr', 'build_benchmark_model', 'benchmark',
+           'match_detections', 'cpu_description', 'run_measured', 'pool_rounds', 'paired_ratio']
 
 
 def set_score_thr(model_cfg, thr):
@@ -159,7 +160,7 @@ def _optim_wrapper(model, precision, device, lr):
 
 def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, device='cpu',
               warmup=2, runs=5, score_thr=0.0, seed=0, num_boxes=3, flops=True, lr=0.0,
-              precision=None):
+              precision=None, dets_out=None):
     """Time ``task`` ('inference' or 'train') of the model in ``cfg``; returns a flat dict.
 
     ``img_size`` is an int or (h, w). Inference reports s/img and img/s, training
@@ -169,7 +170,8 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
     during the timed runs, which misses memory already reached earlier in the
     process, plus the absolute peak RSS. ``precision`` (default: the config's ``precision``
     key, else fp32) is the autocast of both tasks, as tools/train.py and tools/test.py run them
-    (engine/precision.py); the result says what ran.
+    (engine/precision.py); the result says what ran. ``dets_out``: inference saves the last
+    run's ``bboxes, scores, labels`` there (``torch.save``).
     """
     if task not in ('inference', 'train'):
         raise ValueError(f"task must be 'inference' or 'train', got {task!r}")
@@ -197,7 +199,11 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
             model.eval()
             with torch.no_grad():
                 times, out = _timed(model.test_step, data, warmup, runs, device)
-            result['num_dets'] = len(out[0].pred_instances)
+            pred = out[0].pred_instances
+            result['num_dets'] = len(pred)
+            if dets_out:
+                torch.save({k: pred[k].detach().cpu() for k in ('bboxes', 'scores', 'labels')},
+                           dets_out)
         else:
             model.train()
             optim = _optim_wrapper(model, precision, device, lr)
@@ -227,6 +233,75 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
         return result
     finally:
         torch.set_num_threads(old_threads)
+
+
+def match_detections(ref, other, iou_thr=0.9):
+    """Fraction of the detections in ``ref`` matched one to one (greedily, best ``ref`` score
+    first) by a detection of ``other`` with the same label and box IoU >= ``iou_thr``.
+    ``ref``/``other``: dicts (or InstanceData) with ``bboxes, scores, labels``."""
+    from torchvision.ops import box_iou
+    n = len(ref['scores'])
+    if n == 0:
+        return 1.0
+    if len(other['scores']) == 0:
+        return 0.0
+    iou = box_iou(ref['bboxes'].float(), other['bboxes'].float())
+    iou[ref['labels'][:, None] != other['labels'][None, :]] = -1
+    used = torch.zeros(iou.shape[1], dtype=torch.bool)
+    matched = 0
+    for i in torch.argsort(ref['scores'].float(), descending=True).tolist():
+        row = iou[i].masked_fill(used, -1)
+        j = int(row.argmax())
+        if row[j] >= iou_thr:
+            used[j] = True
+            matched += 1
+    return matched / n
+
+
+def cpu_description():
+    """``'<CPU model>, <n> logical CPUs'`` (from /proc/cpuinfo where there is one)."""
+    import os
+    import platform
+    name = None
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    name = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f'{name or platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs'
+
+
+def run_measured(cmd, log, cwd=None):
+    """Run ``cmd`` with its output in the file ``log``; returns ``(returncode, peak RSS of that
+    process in MiB, wall seconds)``. ``os.wait4`` gives this child's own rusage (a fresh
+    process per measurement: its peak is its own), unlike ``RUSAGE_CHILDREN``."""
+    import os
+    import subprocess
+    t0 = time.perf_counter()
+    with open(log, 'w') as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+    rss = usage.ru_maxrss / (1024 * 1024) if sys.platform == 'darwin' else usage.ru_maxrss / 1024
+    return os.waitstatus_to_exitcode(status), rss, time.perf_counter() - t0
+
+
+def pool_rounds(cells):
+    """One side's measurements over several rounds: all run times, the largest peak RSS, each
+    round's median (for :func:`paired_ratio`); other keys from the last round."""
+    out = dict(cells[-1])
+    out.update(times=[t for c in cells for t in c['times']],
+               rss_mb=max(c['rss_mb'] for c in cells),
+               round_medians=[statistics.median(c['times']) for c in cells])
+    return out
+
+
+def paired_ratio(a, b):
+    """Median over rounds of ``a / b`` (round medians measured back to back): robust to load
+    that drifts between rounds, which pooling all runs is not."""
+    return statistics.median(x / y for x, y in zip(a['round_medians'], b['round_medians']))
 
 
 def format_result(r):
