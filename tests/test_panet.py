@@ -201,7 +201,7 @@ def test_ff_adds_one_class_agnostic_map_to_every_class(num_levels):
     nn.init.normal_(head.ff_fc.bias)
     x = torch.randn(2, 8, 14, 14) if num_levels is None else torch.randn(2, 4, 8, 14, 14)
     logits = head(x)
-    fcn = FCNMaskHead.forward(head, head.fuse_input(x))  # the FCN path with the same weights
+    fcn = FCNMaskHead._forward(head, head.fuse_input(x))  # the FCN path with the same weights
     diff = logits - fcn
     assert diff.abs().max() > 0.1
     torch.testing.assert_close(diff, diff[:, :1].expand_as(diff))  # the same for every class

@@ -71,7 +71,7 @@ def prepare_weights(model, args, tmp):
         cmd = [args.ref_python, osp.join(ROOT, 'tools', 'mmdet_bench.py'), model,
                '--ref-script', args.ref_script, '--save-weights', mmdet_path,
                '--size', str(args.size), '--threads', str(args.threads)]
-        rc, _, _ = run_measured(cmd, osp.join(tmp, f'save_{model}.log'), cwd=ROOT)
+        rc, *_ = run_measured(cmd, osp.join(tmp, f'save_{model}.log'), cwd=ROOT)
         if rc != 0:
             with open(osp.join(tmp, f'save_{model}.log')) as f:
                 raise RuntimeError(f'saving MMDetection\'s {model} failed:\n{f.read()[-3000:]}')
@@ -106,7 +106,7 @@ def measure_cell(model, task, precision, args, tmp, weights, first):
         cmd = side_cmd(side, model, task, precision, args, weights[side], stem + '.json',
                        stem + '_dets.pt')
         load0 = os.getloadavg()[0]
-        rc, rss, wall = run_measured(cmd, stem + '.log', cwd=ROOT)
+        rc, rss, wall, anon = run_measured(cmd, stem + '.log', cwd=ROOT)
         if rc != 0:
             with open(stem + '.log') as f:
                 tail = f.read()[-3000:]
@@ -114,12 +114,13 @@ def measure_cell(model, task, precision, args, tmp, weights, first):
         with open(stem + '.json') as f:
             res = json.load(f)['results'][0]
         cell[side] = dict(times=res['times_s'], params=res['params'], ndet=res.get('num_dets'),
-                          rss_mb=rss, wall_s=wall, load=(load0, os.getloadavg()[0]),
+                          rss_mb=rss, anon_mb=anon, wall_s=wall,
+                          load=(load0, os.getloadavg()[0]),
                           ran=res.get('precision', precision),
                           dets=stem + '_dets.pt' if task == 'inference' else None)
         print(f'  {side:5s} {model} {task} {precision}: median '
               f'{statistics.median(res["times_s"]):.3f}s runs={res["times_s"]} '
-              f'dets={cell[side]["ndet"]} peak RSS {rss:.0f} MiB '
+              f'dets={cell[side]["ndet"]} peak RSS {rss:.0f} MiB (anonymous {_mb(anon)}) '
               f'load {load0:.1f}->{os.getloadavg()[0]:.1f}', flush=True)
     return cell
 
@@ -134,6 +135,10 @@ def det_match(ref_file, other_file):
                             torch.load(other_file, weights_only=True))
 
 
+def _mb(x):
+    return '-' if x is None else f'{x:.0f}'
+
+
 def _pct(x):
     return '-' if x is None else f'{100 * x:.0f}%'
 
@@ -144,6 +149,9 @@ def precision_table(results, precision):
              '(matched) | train s ours | mmdet | ratio | peak RSS train ours / mmdet (MiB) '
              '| peak RSS infer ours / mmdet (MiB) |',
              '|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|']
+    notes = ['', 'Peak RSS: the subprocess\'s ru_maxrss, in brackets its anonymous part '
+                 '(RssAnon, sampled every 5 ms; the rest are shared-library pages, whose '
+                 'residency differs between the two virtualenvs by ~100-200 MiB).']
     for model, r in results.items():
         inf, tr = r.get(('inference', precision)), r.get(('train', precision))
         any_cell = inf or tr
@@ -162,9 +170,10 @@ def precision_table(results, precision):
                            f'({_pct(det_match(cell["mmdet"]["dets"], cell["ours"]["dets"]))})')
         for cell in (tr, inf):
             row.append('-' if cell is None else
-                       f'{cell["ours"]["rss_mb"]:.0f} / {cell["mmdet"]["rss_mb"]:.0f}')
+                       f'{cell["ours"]["rss_mb"]:.0f} / {cell["mmdet"]["rss_mb"]:.0f} '
+                       f'({_mb(cell["ours"]["anon_mb"])} / {_mb(cell["mmdet"]["anon_mb"])})')
         lines.append('| ' + ' | '.join(row) + ' |')
-    return '\n'.join(lines)
+    return '\n'.join(lines + notes)
 
 
 def bf16_table(results, low='bf16'):

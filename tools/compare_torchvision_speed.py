@@ -171,14 +171,18 @@ def side_cmd(side, task, precision, args, weights, out, dets):
 def measure(side, task, precision, args, weights, tmp, r):
     stem = osp.join(tmp, f'{side}_{task}_{precision}_{r}')
     cmd = side_cmd(side, task, precision, args, weights[side], stem + '.json', stem + '.dets')
-    rc, rss, _ = run_measured(cmd, stem + '.log', cwd=ROOT)
+    rc, rss, _, anon = run_measured(cmd, stem + '.log', cwd=ROOT)
     if rc != 0:
         with open(stem + '.log') as f:
             raise RuntimeError(f'{side} {task} {precision} failed (rc {rc}):\n{f.read()[-3000:]}')
     with open(stem + '.json') as f:
         res = json.load(f)['results'][0]
     return dict(times=res['times_s'], params=res['params'], ndet=res.get('num_dets'),
-                rss_mb=rss, dets=stem + '.dets' if task == 'inference' else None)
+                rss_mb=rss, anon_mb=anon, dets=stem + '.dets' if task == 'inference' else None)
+
+
+def _mb(x):
+    return '-' if x is None else f'{x:.0f}'
 
 
 def _matched(cell):
@@ -241,7 +245,8 @@ def main(argv=None):
                 rows.append((precision, task, {s: pool_rounds(rounds[s]) for s in SIDES}))
         lines = [header, '',
                  '| precision | task | ours s | torchvision s | ratio ours/torchvision | '
-                 'detections ours / torchvision (matched) | peak RSS ours / torchvision (MiB) |',
+                 'detections ours / torchvision (matched) | peak RSS ours / torchvision (MiB) '
+                 '[anonymous] |',
                  '|---|---|---:|---:|---:|---|---:|']
         for precision, task, cell in rows:
             o, t = (statistics.median(cell[s]['times']) for s in SIDES)
@@ -249,7 +254,9 @@ def main(argv=None):
                     if task == 'inference' else '-')
             lines.append(f'| {precision} | {task} | {o:.3f} | {t:.3f} | '
                          f'**{paired_ratio(cell["ours"], cell["torchvision"]):.2f}** | {dets} | '
-                         f'{cell["ours"]["rss_mb"]:.0f} / {cell["torchvision"]["rss_mb"]:.0f} |')
+                         f'{cell["ours"]["rss_mb"]:.0f} / {cell["torchvision"]["rss_mb"]:.0f} '
+                         f'[{_mb(cell["ours"]["anon_mb"])} / {_mb(cell["torchvision"]["anon_mb"])}]'
+                         ' |')
         text = '\n'.join(lines)
         print('\n' + text)
         if args.markdown:

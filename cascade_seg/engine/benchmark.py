@@ -274,26 +274,53 @@ def cpu_description():
     return f'{name or platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs'
 
 
-def run_measured(cmd, log, cwd=None):
-    """Run ``cmd`` with its output in the file ``log``; returns ``(returncode, peak RSS of that
-    process in MiB, wall seconds)``. ``os.wait4`` gives this child's own rusage (a fresh
-    process per measurement: its peak is its own), unlike ``RUSAGE_CHILDREN``."""
+def _anon_mb(pid):
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            for line in f:
+                if line.startswith('RssAnon:'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_measured(cmd, log, cwd=None, interval=0.005):
+    """Run ``cmd`` with its output in the file ``log``; returns ``(returncode, peak RSS in MiB,
+    wall seconds, peak anonymous RSS in MiB or None)``.
+
+    Peak RSS is the process's own ``ru_maxrss`` (``os.wait4``: a fresh process per measurement,
+    so its peak is its own, unlike ``RUSAGE_CHILDREN``). It counts the pages of the shared
+    libraries mapped in, which vary by ~100-200 MiB between two virtualenvs of the same torch
+    (page-cache residency), so the anonymous part (``RssAnon`` of /proc/<pid>/status: tensors,
+    heap), sampled every ``interval`` s, is returned as well (None where /proc is missing).
+    """
     import os
     import subprocess
     t0 = time.perf_counter()
+    peak_anon = None
     with open(log, 'w') as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            anon = _anon_mb(proc.pid)
+            if anon is not None:
+                peak_anon = anon if peak_anon is None else max(peak_anon, anon)
+            time.sleep(interval)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     rss = usage.ru_maxrss / (1024 * 1024) if sys.platform == 'darwin' else usage.ru_maxrss / 1024
-    return os.waitstatus_to_exitcode(status), rss, time.perf_counter() - t0
+    return proc.returncode, rss, time.perf_counter() - t0, peak_anon
 
 
 def pool_rounds(cells):
     """One side's measurements over several rounds: all run times, the largest peak RSS, each
     round's median (for :func:`paired_ratio`); other keys from the last round."""
     out = dict(cells[-1])
+    anon = [c['anon_mb'] for c in cells if c.get('anon_mb') is not None]
     out.update(times=[t for c in cells for t in c['times']],
-               rss_mb=max(c['rss_mb'] for c in cells),
+               rss_mb=max(c['rss_mb'] for c in cells), anon_mb=max(anon) if anon else None,
                round_medians=[statistics.median(c['times']) for c in cells])
     return out
 

@@ -75,8 +75,9 @@ class FFMaskHead(AFPFCNMaskHead):
         nn.init.normal_(self.ff_fc.weight, std=0.001)
         nn.init.zeros_(self.ff_fc.bias)
 
-    def forward(self, x, res_feat=None, return_logits=True, return_feat=False):
-        x = cpu_conv_layout(self.fuse_input(x, res_feat), self.training)
+    def _forward(self, x, res_feat=None, return_logits=True, return_feat=False):
+        # x is already fused (AFPFCNMaskHead.forward); with_cp checkpoints from here
+        x = cpu_conv_layout(x, self.training)
         for i, conv in enumerate(self.convs):
             if i == len(self.convs) - 1:
                 branch_in = x  # conv3's output (the last conv's input)

@@ -7,6 +7,7 @@ channel (last), per-pixel softmax over all channels. Parameter names follow MMDe
 """
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint as cp
 from torch import nn
 
 from cascade_seg.registry import MODELS
@@ -58,6 +59,12 @@ class FCNMaskHead(_MaskPredictor):
     mask feature, which is added to the input. ``forward(x, res_feat=None, return_logits=True,
     return_feat=False)`` returns the logits, the feature after the convs (what the next stage
     takes as ``res_feat``), or both as ``(logits, feat)``.
+
+    ``with_cp`` (activation checkpointing, training only): keep only the head's inputs for
+    backward and recompute its convolutions there. A head on P RoIs keeps ~10 maps of
+    ``P x 256 x 14 x 14`` (28 x 28 after the upsampling) otherwise; HTC runs 1 + 2 + 3 mask
+    heads per image (its information flow), so this is where its training memory grows with the
+    positives. It costs one more forward of the head in backward.
     """
 
     def __init__(self, num_convs=4, roi_feat_size=14, in_channels=256, conv_kernel_size=3,
@@ -65,8 +72,9 @@ class FCNMaskHead(_MaskPredictor):
                  upsample_cfg=dict(type='deconv', scale_factor=2), conv_cfg=None, norm_cfg=None,
                  predictor='sigmoid',
                  loss_mask=dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0),
-                 with_conv_res=False, init_cfg=None):
+                 with_conv_res=False, with_cp=False, init_cfg=None):
         super().__init__(num_classes, class_agnostic, predictor, loss_mask)
+        self.with_cp = with_cp
         self.roi_feat_size = roi_feat_size
         self.conv_out_channels = conv_out_channels
         self.with_conv_res = with_conv_res
@@ -100,6 +108,12 @@ class FCNMaskHead(_MaskPredictor):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x, res_feat=None, return_logits=True, return_feat=False):
+        if self.with_cp and self.training and torch.is_grad_enabled() and x.requires_grad:
+            return cp.checkpoint(self._forward, x, res_feat, return_logits, return_feat,
+                                 use_reentrant=False)
+        return self._forward(x, res_feat, return_logits, return_feat)
+
+    def _forward(self, x, res_feat=None, return_logits=True, return_feat=False):
         x = cpu_conv_layout(x, self.training)
         if res_feat is not None:
             if not self.with_conv_res:

@@ -36,7 +36,7 @@ class SAGMaskHead(FCNMaskHead):
             raise ValueError(f'attention_kernel must be 3 or 7, got {attention_kernel}')
         self.spatial_attention = SpatialAttention(attention_kernel)
 
-    def forward(self, x, res_feat=None, return_logits=True, return_feat=False):
+    def _forward(self, x, res_feat=None, return_logits=True, return_feat=False):
         x = cpu_conv_layout(x, self.training)
         if res_feat is not None:
             if not self.with_conv_res:
