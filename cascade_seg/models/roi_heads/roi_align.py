@@ -158,7 +158,7 @@ def _chunks(heights, widths, channels, budget):
     for i in order:
         nh, nw = max(hm, heights[i]), max(wm, widths[i])
         padded = (len(cur) + 1) * nh * nw
-        if cur and (padded * channels > budget or padded > 1.5 * (used + area[i]) + 64):
+        if cur and (padded * channels > budget or padded > 1.5 * (used + area[i]) + 512):
             groups.append((cur, hm, wm))
             cur, nh, nw, used = [], heights[i], widths[i], 0
         cur.append(i)
@@ -179,7 +179,11 @@ class WindowPlan:
     H)``, ``Ax (K, Q, W)``, each RoI's window and the chunks of RoIs processed together. With
     ``mean=(fy, fx)`` the matrices are those of RoIAlign at ``(P * fy, Q * fx)`` followed by the
     mean over ``fy x fx`` windows of bins (HTC's semantic RoI features: 14x14 pooled to 7x7),
-    computed directly at ``(P, Q)``."""
+    computed directly at ``(P, Q)``.
+
+    A chunk whose windows cover at least half the map (large RoIs, or a coarse map such as
+    HTC's semantic one, which pools every RoI) is computed on the whole map instead: one matrix
+    product per image over all its rows, no window copied out or added back."""
 
     def __init__(self, rois, feat_shape, output_size, spatial_scale, sampling_ratio, aligned,
                  mean=(1, 1), dtype=torch.float32, chunk_elems=CHUNK_ELEMS):
@@ -197,28 +201,43 @@ class WindowPlan:
         self.x_start, x_len = _windows(ax)
         self.chunks = _chunks(y_len.tolist(), x_len.tolist(), C, chunk_elems)
 
-    def __iter__(self):
-        """Per chunk: RoI indices, window starts ``y0, x0``, local ``Ay (k, P, hm)``, ``Ax (k,
-        Q, wm)`` and the rows of the windows' pixels in the ``(B*H*W, C)`` map."""
+    def _parts(self):
+        """Per chunk: ``(indices, None)`` for a whole-map chunk, else ``(indices, (local Ay (k,
+        P, hm), local Ax (k, Q, wm), rows of the windows' pixels in the (B*H*W, C) map))``."""
         B, C, H, W = self.shape
         device = self.ay.device
         for sel, hm, wm in self.chunks:
             sel = torch.tensor(sel, device=device)
             hm, wm = min(hm, H), min(wm, W)
+            if 2 * hm * wm >= H * W:
+                yield sel, None
+                continue
             y0 = self.y_start[sel].clamp(max=H - hm)  # shifted to fit, it still covers the RoI
             x0 = self.x_start[sel].clamp(max=W - wm)
             rows = (((self.batch[sel] * H + y0)[:, None, None]
                      + torch.arange(hm, device=device)[None, :, None]) * W
                     + x0[:, None, None] + torch.arange(wm, device=device))
-            yield sel, _local(self.ay[sel], y0, hm), _local(self.ax[sel], x0, wm), rows
+            yield sel, (_local(self.ay[sel], y0, hm), _local(self.ax[sel], x0, wm), rows)
+
+    def _per_image(self, sel):
+        batch = self.batch[sel]
+        for b in batch.unique().tolist():
+            yield b, sel[batch == b]
 
     def forward(self, feat):
         """``(K, C, P, Q)`` from the ``(B, C, H, W)`` map (float32 / float64)."""
         B, C, H, W = self.shape
         P, Q = self.output_size
-        flat = feat.permute(0, 2, 3, 1).reshape(B * H * W, C)              # pixels x channels
-        out = feat.new_zeros(self.ay.shape[0], P, Q, C)
-        for sel, ay_k, ax_k, rows in self:
+        nhwc = feat.permute(0, 2, 3, 1).contiguous()                       # (B, H, W, C)
+        flat = nhwc.view(B * H * W, C)
+        out = feat.new_empty(self.ay.shape[0], P, Q, C)  # the chunks cover every RoI
+        for sel, local in self._parts():
+            if local is None:  # the whole map: over y, all rows at once, then over x
+                for b, idx in self._per_image(sel):
+                    t = (self.ay[idx].reshape(-1, H) @ nhwc[b].view(H, W * C))
+                    out[idx] = torch.matmul(self.ax[idx][:, None], t.view(len(idx), P, W, C))
+                continue
+            ay_k, ax_k, rows = local
             k, hm, wm = len(sel), ay_k.shape[2], ax_k.shape[2]
             crop = flat.index_select(0, rows.reshape(-1)).view(k, hm, wm * C)
             t = torch.bmm(ay_k, crop).view(k, P, wm, C)                    # over y
@@ -227,12 +246,21 @@ class WindowPlan:
 
     def backward(self, grad_output):
         """Gradient w.r.t. the map from ``grad_output (K, C, P, Q)``: each RoI's window
-        gradient, added into the map with ``index_add_``."""
+        gradient, added into the map with ``index_add_`` (whole-map chunks: one product per
+        image accumulated in place)."""
         B, C, H, W = self.shape
         P = self.output_size[0]
         g = grad_output.to(self.ay.dtype).permute(0, 2, 3, 1)              # (K, P, Q, C)
         grad = torch.zeros(B * H * W, C, dtype=g.dtype, device=g.device)
-        for sel, ay_k, ax_k, rows in self:
+        per_image = grad.view(B, H, W * C)
+        for sel, local in self._parts():
+            if local is None:
+                for b, idx in self._per_image(sel):
+                    t = torch.matmul(self.ax[idx].transpose(1, 2)[:, None], g[idx])  # (n,P,W,C)
+                    per_image[b].addmm_(self.ay[idx].reshape(-1, H).t(),
+                                        t.reshape(-1, W * C))
+                continue
+            ay_k, ax_k, rows = local
             k, wm = len(sel), ax_k.shape[2]
             # over x: (k, 1, wm, Q) @ (k, P, Q, C) -> (k, P, wm, C); over y: -> (k, hm, wm * C)
             t = torch.matmul(ax_k.transpose(1, 2)[:, None], g[sel])
