@@ -17,6 +17,10 @@ A spec is an mmengine python config::
     # a variant may carry paper=dict(segm_mAP=36.4): the published number (AP in %), printed
     # in a "paper" column beside ours
     protocol = 'R18-FPN from scratch on the synthetic set, 6 epochs'  # printed under the table
+    # optional shared trunk: trained once per seed (common_overrides, then these overrides),
+    # then loaded into every variant and, with freeze, kept frozen while the variant trains
+    trunk = dict(config=base, overrides={'train_cfg.max_iters': 800},
+                 modules=('backbone', 'neck', 'proposal_generator'), freeze=True)
 
 Override keys are dotted paths into the resolved config (the ``--cfg-options`` syntax).
 A key whose parent does not exist, or whose leaf is not in its parent, is an error that
@@ -51,6 +55,18 @@ class Variant:
     paper: dict = field(default_factory=dict)  # the paper's numbers for this row, by metric
 
 
+TRUNK_NAME = '_trunk'
+
+
+@dataclass
+class Trunk:
+    """A shared trunk: the modules ``modules`` of ``variant``'s trained model are loaded into
+    every variant of the spec (and frozen with ``freeze``)."""
+    variant: Variant
+    modules: tuple = ('backbone', 'neck', 'proposal_generator')
+    freeze: bool = True
+
+
 @dataclass
 class AblationSpec:
     path: str
@@ -61,6 +77,7 @@ class AblationSpec:
     seeds: list
     report: dict
     protocol: str = None  # one line stated under the table (what was trained, how)
+    trunk: Trunk = None   # trained once per seed and shared by every variant
 
     @property
     def name(self):
@@ -102,7 +119,24 @@ def load_spec(path):
                         common_overrides=dict(cfg.get('common_overrides', {})), run=run,
                         speed={**DEFAULT_SPEED, **dict(cfg.get('speed', {}))},
                         seeds=list(cfg.get('seeds', [0])), report=dict(cfg.get('report', {})),
-                        protocol=_one_line(cfg.get('protocol'), path))
+                        protocol=_one_line(cfg.get('protocol'), path),
+                        trunk=_trunk(cfg.get('trunk'), base, spec_dir, path))
+
+
+def _trunk(trunk, base, spec_dir, path):
+    if trunk is None:
+        return None
+    trunk = dict(trunk)
+    unknown = set(trunk) - {'config', 'overrides', 'modules', 'freeze'}
+    if unknown:
+        raise ValueError(f'{path}: trunk has unknown keys {sorted(unknown)}')
+    config = trunk.get('config') or base
+    if config is None:
+        raise ValueError(f'{path}: the trunk has no config and the spec has no base')
+    variant = Variant(name=TRUNK_NAME, config=_resolve(config, spec_dir),
+                      overrides=dict(trunk.get('overrides', {})))
+    modules = tuple(trunk.get('modules', Trunk.modules))
+    return Trunk(variant=variant, modules=modules, freeze=bool(trunk.get('freeze', True)))
 
 
 def _paper(variant, path, name):

@@ -86,8 +86,11 @@ def roi_align_separable(feat, rois, output_size, spatial_scale=1.0, sampling_rat
         order.append(idx)
     if not pooled:
         return feat.new_zeros(K, C, P, Q)
-    # back to the RoIs' order with one gather, then (K, C, P, Q)
-    out = torch.cat(pooled)[torch.argsort(torch.cat(order))]
+    out = torch.cat(pooled)
+    if len(pooled) > 1 and bool((batch[1:] < batch[:-1]).any()):
+        # back to the RoIs' order with one gather (RoIs are usually already image by image:
+        # then no gather, whose backward is a slow scatter into a zeroed copy)
+        out = out[torch.argsort(torch.cat(order))]
     return out.permute(0, 2, 1, 3)
 
 

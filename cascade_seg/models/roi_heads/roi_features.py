@@ -9,12 +9,20 @@ import torch.nn.functional as F
 
 
 def avg_pool_to(x, size):
-    """``F.adaptive_avg_pool2d(x, size)``; for whole-number factors (HTC: 14 -> 7) a reshape-mean
-    over the same windows, which keeps no copy of ``x`` for backward (100 MB per HTC stage)."""
+    """``F.adaptive_avg_pool2d(x, size)``; for whole-number factors (HTC: 14 -> 7) the mean of
+    strided slices, one per position in the window: elementwise adds, fast on CPU in both
+    directions (a reshape-mean over the interleaved window dims reduced 20x slower), and
+    backward keeps no copy of ``x`` (100 MB per HTC stage)."""
     (h, w), (oh, ow) = x.shape[-2:], size
     if h % oh or w % ow:
         return F.adaptive_avg_pool2d(x, size)
-    return x.reshape(*x.shape[:-2], oh, h // oh, ow, w // ow).mean(dim=(-3, -1))
+    fh, fw = h // oh, w // ow
+    out = None
+    for i in range(fh):
+        for j in range(fw):
+            part = x[..., i::fh, j::fw]
+            out = part if out is None else out + part
+    return out * (1.0 / (fh * fw))
 
 
 class SemanticContext:
