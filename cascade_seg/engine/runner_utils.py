@@ -11,7 +11,9 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401 (DictAction for tools)
 from mmengine.logging import print_log
 
-from .num_classes import check_num_classes
+from .num_classes import check_num_classes, resolve_num_classes
+from .user_config import (follow_dataset_classes, read_config, remember_user_layer, user_layer,
+                          warn_frozen_random_init)
 
 __all__ = ['load_config', 'apply_amp', 'apply_resume', 'setup_launcher', 'build_runner',
            'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction',
@@ -21,7 +23,10 @@ __all__ = ['load_config', 'apply_amp', 'apply_resume', 'setup_launcher', 'build_
 # mmengine's Runner (cfg.get), checkpoint meta, and our tools.
 _OTHER_READ_KEYS = {'sync_bn', 'find_unused_parameters', 'model_wrapper_cfg', 'gpu_ids',
                     'compile', 'activation_checkpointing', 'efficient_conv_bn_eval',
-                    'launcher', 'filename', 'dist_params'}
+                    'launcher', 'filename', 'dist_params', 'tta_model', 'tta_pipeline'}
+# Helper variables of the configs themselves (MMDetection's names): never a typo of a read key.
+_CONFIG_VARIABLES = {'train_pipeline', 'test_pipeline', 'val_pipeline', 'data_root',
+                     'dataset_type', 'backend_args', 'metainfo', 'classes', 'img_scales'}
 _MISSING = object()
 
 
@@ -108,7 +113,8 @@ def unread_top_level_keys(cfg, new_keys=()):
     read = _runner_keys() | _OTHER_READ_KEYS
     out = []
     for key in cfg.keys():
-        if key in read or key.startswith('_'):
+        helper = key in _CONFIG_VARIABLES and key not in new_keys
+        if key in read or key.startswith('_') or helper:
             continue
         close = difflib.get_close_matches(key, sorted(read), n=1, cutoff=0.8)
         if key in new_keys or close:
@@ -116,14 +122,20 @@ def unread_top_level_keys(cfg, new_keys=()):
     return out
 
 
-def load_config(config, cfg_options=None):
+def load_config(config, cfg_options=None, follow_dataset=True, strict_num_classes=True):
     """A copy of ``config`` (path or Config) with ``--cfg-options`` merged in.
 
     An option that does not parse as the number the config holds raises; a
     top-level key that no component reads (``default_hook`` for ``default_hooks``)
     is reported as a warning.
+
+    With ``follow_dataset`` the config then follows its dataset where the user did not say
+    otherwise (what the config file sets itself, or ``cfg_options``, see user_config.py): a
+    dataset pointed at another annotation file without class names reads them from it, and
+    the model's class count is the dataset's (:func:`resolve_num_classes`; a contradicting
+    class count set by the user raises unless ``strict_num_classes`` is False).
     """
-    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    cfg = read_config(config) if isinstance(config, str) else copy.deepcopy(config)
     new_keys = set()
     if cfg_options:
         options = dict(cfg_options)
@@ -131,6 +143,11 @@ def load_config(config, cfg_options=None):
         new_keys = {k.split('.')[0] for k in options} - set(cfg.keys())
         cfg.merge_from_dict(options)
     cfg.setdefault('default_scope', 'cascade_seg')
+    if follow_dataset:
+        layer = user_layer(cfg, cfg_options)
+        remember_user_layer(cfg, layer)  # a later load_config(cfg) sees the options too
+        follow_dataset_classes(cfg, layer)
+        resolve_num_classes(cfg, layer, strict=strict_num_classes)
     for key, close in unread_top_level_keys(cfg, new_keys):
         hint = f'; did you mean {close!r}?' if close else ''
         print_log(f'config key {key!r} is not read by any component, so it has no effect{hint}',
@@ -284,8 +301,14 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
     check_config_types(cfg)
     check_num_classes(cfg)
+    if cfg.get('train_dataloader') and cfg.get('train_cfg'):
+        warn_frozen_random_init(cfg)  # a no-op when weights are loaded or resumed
     add_custom_hook(cfg, dict(type='NumClassesCheckHook'))
     setup_launcher(cfg, launcher)
+    # The Runner logs and dumps the config 3-4 times; mmengine formats it with yapf each time,
+    # 2-3 s per dump for a cascade config on one CPU core. The unformatted text is the same
+    # valid Python config (tools/print_config.py prints it formatted).
+    object.__setattr__(cfg, '_format_python_code', False)
     return Runner.from_cfg(cfg)
 
 
