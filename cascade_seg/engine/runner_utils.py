@@ -16,7 +16,8 @@ from .user_config import (follow_dataset_classes, read_config, remember_user_lay
                           warn_frozen_random_init)
 
 __all__ = ['load_config', 'apply_amp', 'apply_resume', 'setup_launcher', 'build_runner',
-           'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction',
+           'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction', 'apply_tta',
+           'apply_auto_scale_lr', 'default_tta_pipeline',
            'check_config_types', 'unread_top_level_keys']
 
 # Top-level keys read by something other than mmengine's Runner(...) arguments:
@@ -266,6 +267,68 @@ def setup_launcher(cfg, launcher='none'):
     return cfg
 
 
+PACK_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                  'flip_direction', 'pad_shape')
+
+
+def default_tta_pipeline(test_pipeline):
+    """Flip test-time augmentation at the test pipeline's own scale: its steps before
+    ``Resize`` as they are, then ``TestTimeAug`` over that ``Resize``, no flip / horizontal
+    flip, the steps after it, and ``PackDetInputs`` keeping the flip and ``flip_indices``."""
+    steps = [dict(t) for t in test_pipeline]
+    i = next((k for k, t in enumerate(steps) if t['type'] == 'Resize'), None)
+    head = steps[:i] if i is not None else steps[:1]
+    rest = steps[i + 1:] if i is not None else steps[1:]
+    pack = next((t for t in rest if t['type'] == 'PackDetInputs'), dict(type='PackDetInputs'))
+    keys = tuple(dict.fromkeys(tuple(pack.get('meta_keys', PACK_META_KEYS)) +
+                               ('flip', 'flip_direction', 'flip_indices')))
+    transforms = ([[steps[i]]] if i is not None else []) + [
+        [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1.)]]
+    transforms += [[t] for t in rest if t['type'] != 'PackDetInputs']
+    transforms.append([dict(pack, meta_keys=keys)])
+    return head + [dict(type='TestTimeAug', transforms=transforms)]
+
+
+def _innermost_dataset(loader_cfg):
+    dataset = loader_cfg['dataset']
+    while dataset.get('dataset') is not None:
+        dataset = dataset['dataset']
+    return dataset
+
+
+def apply_tta(cfg):
+    """``test.py --tta``: wrap the model in ``cfg.tta_model`` and test with
+    ``cfg.tta_pipeline``, as MMDetection 3 does. A config without them gets
+    ``DetTTAModel`` (NMS at the detector's IoU threshold, its ``max_per_img``) and
+    :func:`default_tta_pipeline` of its test pipeline, with a warning saying so."""
+    rcnn = ((cfg.model.get('test_cfg') or {}).get('rcnn') or cfg.model.get('test_cfg') or {})
+    if not cfg.get('tta_model'):
+        nms = dict(rcnn.get('nms') or dict(type='nms', iou_threshold=0.5))
+        cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(
+            nms=nms, max_per_img=rcnn.get('max_per_img', 100)))
+        print_log('--tta: the config has no tta_model; using ' + repr(cfg.tta_model),
+                  logger='current', level=logging.WARNING)
+    test_dataset = _innermost_dataset(cfg.test_dataloader)
+    if not cfg.get('tta_pipeline'):
+        cfg.tta_pipeline = default_tta_pipeline(test_dataset['pipeline'])
+        print_log('--tta: the config has no tta_pipeline; flipping at the test scale: '
+                  + repr(cfg.tta_pipeline), logger='current', level=logging.WARNING)
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    test_dataset['pipeline'] = cfg.tta_pipeline
+    return cfg
+
+
+def apply_auto_scale_lr(cfg):
+    """``train.py --auto-scale-lr``: mmengine scales the learning rate by (total batch size)
+    / ``auto_scale_lr.base_batch_size`` (the batch the config's lr was set for)."""
+    asl = cfg.get('auto_scale_lr') or {}
+    if 'base_batch_size' not in asl:
+        raise ValueError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in the '
+                         'config: the total batch size its learning rate was set for')
+    cfg.auto_scale_lr = dict(asl, enable=True)
+    return cfg
+
+
 def add_custom_hook(cfg, hook):
     """Append ``hook`` (a dict) to ``cfg.custom_hooks`` unless one of its type is there."""
     hooks = list(cfg.get('custom_hooks') or [])
@@ -276,14 +339,16 @@ def add_custom_hook(cfg, hook):
 
 
 def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False,
-                 launcher='none', seed=None, load_from=None, strict_load=False):
+                 launcher='none', seed=None, load_from=None, strict_load=False,
+                 auto_scale_lr=False):
     """Build an mmengine Runner the way tools/train.py and tools/test.py do.
 
     ``config`` is a path or a Config (not modified). ``work_dir`` defaults to the
     config's, else ``work_dirs/<config stem>``; ``resume`` is None, ``'auto'`` or a
     checkpoint path (see :func:`apply_resume`); ``load_from`` loads weights without
     resuming (testing), and ``strict_load`` refuses such weights unless every one
-    of them fits the model.
+    of them fits the model; ``auto_scale_lr`` enables the config's ``auto_scale_lr``
+    (see :func:`apply_auto_scale_lr`).
     """
     import cascade_seg.engine  # noqa: F401  (safe-globals allow-list, hooks)
     from mmengine.runner import Runner
@@ -297,6 +362,8 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
     apply_resume(cfg, resume)
     if amp:
         apply_amp(cfg)
+    if auto_scale_lr:
+        apply_auto_scale_lr(cfg)
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
     check_config_types(cfg)
@@ -312,11 +379,14 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
     return Runner.from_cfg(cfg)
 
 
-def add_test_outputs(cfg, show_dir=None, score_thr=0.3, out_pkl=None):
-    """Extra test outputs: drawn predictions in ``show_dir``, raw predictions in ``out_pkl``."""
-    if show_dir:
+def add_test_outputs(cfg, show_dir=None, score_thr=0.3, out_pkl=None, show=False,
+                     wait_time=2.):
+    """Extra test outputs: drawn predictions in ``show_dir`` (relative: below
+    ``<work_dir>/<timestamp>/``, as MMDetection) and/or in a window (``show``, where there is a
+    display), raw predictions in ``out_pkl`` (MMDetection's ``pred_instances`` records)."""
+    if show_dir or show:
         add_custom_hook(cfg, dict(type='SavePredictionImagesHook', out_dir=show_dir,
-                                  score_thr=score_thr))
+                                  score_thr=score_thr, show=show, wait_time=wait_time))
     if out_pkl:
         evaluators = cfg.test_evaluator
         evaluators = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
