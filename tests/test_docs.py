@@ -21,6 +21,7 @@ import subprocess
 
 import pytest
 import torch
+from mmengine.config import Config
 
 from cascade_seg.engine.runner_utils import load_config
 
@@ -30,6 +31,12 @@ DOCS = ['README.md'] + sorted(osp.relpath(p, REPO)
                               for p in glob.glob(osp.join(REPO, 'docs', '*.md')))
 EXTERNAL = ('$REF_PY', 'source')  # another environment's script; the shell's own command
 SMALL = 'configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py'
+
+
+def _parseable(text):
+    """A snippet with ``...`` placeholders as valid Python: ``key=...`` -> ``key=None``, a
+    bare ``...`` argument -> ``etc=None``."""
+    return re.sub(r'\.\.\.', 'etc=None', re.sub(r'=\s*\.\.\.', '=None', text))
 
 
 def blocks(lang):
@@ -206,11 +213,16 @@ def _python_block(doc, needle):
 
 
 def _assignments(text):
-    """``[(name, value)]`` of the snippet's top-level assignments, evaluated one by one."""
+    """``[(name, value)]`` of the snippet's top-level assignments whose value is plain data
+    (dicts, lists, constants), evaluated one by one."""
     out = []
-    for stmt in ast.parse(text).body:
-        if isinstance(stmt, ast.Assign):
-            value = eval(compile(ast.Expression(stmt.value), '<doc>', 'eval'), {'dict': dict})
+    for stmt in ast.parse(_parseable(text)).body:
+        if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
+            try:
+                value = eval(compile(ast.Expression(stmt.value), '<doc>', 'eval'),
+                             {'dict': dict, '__builtins__': {}})
+            except NameError:  # calls a function: not a config fragment
+                continue
             out += [(t.id, value) for t in stmt.targets]
     return out
 
@@ -239,7 +251,7 @@ def _config_fragments():
                 or 'tta_model' in text:
             continue
         names = {n for n, _ in _assignments(text)}
-        if names & {'model', 'roi_head', 'rcnn'}:
+        if names & {'model', 'roi_head', 'rcnn'} and 'etc=None' not in _parseable(text):
             out.append((f'{doc}:{line}', text))
     return out
 
@@ -264,12 +276,6 @@ def test_config_snippets_build(where, text):
             assert model.roi_head.num_stages == value['num_stages']
 
 
-def _parseable(text):
-    """A snippet with ``...`` placeholders as valid Python: ``key=...`` -> ``key=None``, a
-    bare ``...`` argument -> ``etc=None``."""
-    return re.sub(r'\.\.\.', 'etc=None', re.sub(r'=\s*\.\.\.', '=None', text))
-
-
 def _call_keywords(text):
     call = ast.parse(_parseable(text)).body[0].value
     return call.func.id, [k.arg for k in call.keywords]
@@ -278,13 +284,15 @@ def _call_keywords(text):
 def test_signature_snippets_name_real_arguments():
     import inspect
 
-    from cascade_seg.models.detectors import TwoStageDetector
+    from cascade_seg.models.detectors.generalized_rcnn import GeneralizedRCNN
     from cascade_seg.models.roi_heads.cascade_roi_head import CascadeRoIHead, split_task_cfgs
-    classes = dict(CascadeRoIHead=CascadeRoIHead, TwoStageDetector=TwoStageDetector)
+    classes = dict(CascadeRoIHead=CascadeRoIHead, TwoStageDetector=GeneralizedRCNN,
+                   GeneralizedRCNN=GeneralizedRCNN)
     checked = 0
     for doc, line, text in blocks('python'):
         first = ast.parse(_parseable(text)).body[0]
-        if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)):
+        if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+                and getattr(first.value.func, 'id', None) in classes):
             continue
         name, keywords = _call_keywords(text)
         params = set(inspect.signature(classes[name].__init__).parameters)
@@ -294,7 +302,7 @@ def test_signature_snippets_name_real_arguments():
         else:
             assert not rest, f'{doc}:{line}: {name} has no {rest}'
         checked += 1
-    assert checked == 2
+    assert checked >= 2
 
 
 def _keys_exist(doc_node, real, path):
@@ -353,11 +361,55 @@ def test_tta_snippet_builds(monkeypatch):
     assert len(TRANSFORMS.build(pipeline[1]).steps) == 4
 
 
+def test_task_branch_snippets():
+    """docs/task_branches.md: the keypoint ops run as written; the branch skeleton is the real
+    KeypointBranch's (class attributes, methods and their arguments); the mixin's values are
+    the file's."""
+    import inspect
+
+    from cascade_seg.models.roi_heads.branches.keypoint_branch import KeypointBranch
+    from cascade_seg.models.task_utils import (heatmaps_to_keypoints, keypoint_loss,
+                                               keypoint_targets)
+    doc = 'docs/task_branches.md'
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[4., 6., 40., 50.], [10., 10., 30., 60.]])
+    scope = dict(keypoint_targets=keypoint_targets, keypoint_loss=keypoint_loss,
+                 heatmaps_to_keypoints=heatmaps_to_keypoints, pos_boxes=boxes, boxes=boxes,
+                 matched_gt_keypoints=torch.tensor([[[10., 20., 2.], [30., 40., 1.]]] * 2),
+                 logits=torch.randn(2, 2, 56, 56, generator=g),
+                 heatmaps=torch.randn(2, 2, 56, 56, generator=g))
+    exec(compile(_python_block(doc, 'keypoint_targets('), doc, 'exec'), scope)
+    assert scope['xy'].shape == (2, 2, 2) and torch.isfinite(scope['loss'])
+
+    cls = ast.parse(_python_block(doc, 'class KeypointBranch')).body[0]
+    for stmt in cls.body:
+        if isinstance(stmt, ast.Assign):
+            name = stmt.targets[0].id
+            assert getattr(KeypointBranch, name) == ast.literal_eval(stmt.value), name
+        elif isinstance(stmt, ast.FunctionDef):
+            real = list(inspect.signature(getattr(KeypointBranch, stmt.name)).parameters)
+            assert real == [a.arg for a in stmt.args.args], stmt.name
+
+    (name, value), = _assignments(_python_block(doc, 'keypoint_delta = dict('))
+    real = Config.fromfile(osp.join(REPO, 'configs/_base_/models/keypoint-rcnn_delta.py'))
+    _same_values(value, real[name], name + '.')
+
+
+def _same_values(doc_node, real, path):
+    for key, value in doc_node.items():
+        assert key in real, f'{path}{key} is not in the file'
+        if isinstance(value, dict):
+            _same_values(value, real[key], f'{path}{key}.')
+        else:
+            assert value == real[key], f'{path}{key}: {value!r} in the docs, {real[key]!r}'
+
+
 def test_every_python_block_is_exercised():
     """Each python block is one of the kinds the tests above run (or the recipe)."""
     fragments = {where for where, _ in _config_fragments()}
     for doc, line, text in blocks('python'):
         handled = (f'{doc}:{line}' in fragments or 'import ' in text or '_base_' in text or
                    'variants' in text or 'tta_model' in text or "type='CenterMask'" in text
+                   or doc == 'docs/task_branches.md'
                    or isinstance(ast.parse(_parseable(text)).body[0], ast.Expr))
         assert handled, f'{doc}:{line} is not exercised by a test'
