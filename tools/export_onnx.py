@@ -26,8 +26,8 @@ def parse_args(argv=None):
     p.add_argument('checkpoint', nargs='?', default=None,
                    help='checkpoint (omit for random weights, e.g. to try the export)')
     p.add_argument('--out', required=True, help='the .onnx file to write')
-    p.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (>= 16; default '
-                                                             f'{OPSET})')
+    p.add_argument('--opset', type=int, default=OPSET,
+                   help=f'ONNX opset (>= 16; default {OPSET})')
     p.add_argument('--image', help='example image to trace with (default: random at the test '
                                    'scale; the graph works for any size)')
     p.add_argument('--verify', nargs='+', metavar='IMG',
