@@ -352,7 +352,6 @@ def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
             r['after'] = trunk_run.get(r['seed'])
     finished = set()
     console = JobConsole(runs, stream=stream)
-    env = dict(os.environ, OMP_NUM_THREADS=str(_worker_threads(jobs)))
     pending, running, n = list(range(len(runs))), {}, len(runs)
     try:
         while pending or running:
@@ -385,6 +384,11 @@ def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
                 log.write(f'==== {time.strftime("%Y-%m-%d %H:%M:%S")} '
                           f'{info["label"]} (hash {info["digest"]})\n')
                 log.flush()
+                # the cores are shared by the runs that can run now (a shared trunk runs alone)
+                ready_now = len([j for j in pending if runs[j]['after'] is None
+                                 or runs[j]['after'] in finished])
+                env = dict(os.environ, OMP_NUM_THREADS=str(
+                    _worker_threads(min(jobs, len(running) + 1 + ready_now))))
                 proc = subprocess.Popen(
                     _worker_cmd(spec_path, info['variant'].name, info['seed'], work_dir),
                     env=env, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
