@@ -29,45 +29,11 @@ from torchvision.ops import batched_nms, box_iou
 from cascade_seg.registry import MODELS
 
 from .task_utils import boxes_to_rois
+from .task_utils.augment import boxes_to_augmented, boxes_to_original
 
-__all__ = ['DetTTAModel', 'flip_boxes', 'merge_detections']
+__all__ = ['DetTTAModel', 'merge_detections']
 
 MERGE_MODES = ('nms', 'weighted')
-
-
-def flip_boxes(boxes, img_shape, direction):
-    """Boxes ``(N, 4)`` xyxy flipped in an image of ``img_shape`` (h, w), as ``RandomFlip`` does
-    (``x1' = w - x2``); ``direction`` None leaves them."""
-    if not direction:
-        return boxes
-    h, w = float(img_shape[0]), float(img_shape[1])
-    out = boxes.clone()
-    if direction in ('horizontal', 'diagonal'):
-        out[:, 0], out[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
-    if direction in ('vertical', 'diagonal'):
-        out[:, 1], out[:, 3] = h - boxes[:, 3], h - boxes[:, 1]
-    return out
-
-
-def _scale(meta):
-    sw, sh = meta.get('scale_factor', (1.0, 1.0))
-    return float(sw), float(sh)
-
-
-def to_original(boxes, meta):
-    """Boxes of an augmented copy's network-input frame -> the original image."""
-    sw, sh = _scale(meta)
-    boxes = flip_boxes(boxes, meta['img_shape'], meta.get('flip_direction') if meta.get('flip')
-                       else None)
-    return boxes / boxes.new_tensor([sw, sh, sw, sh])
-
-
-def to_augmented(boxes, meta):
-    """Boxes of the original image -> an augmented copy's network-input frame."""
-    sw, sh = _scale(meta)
-    boxes = boxes * boxes.new_tensor([sw, sh, sw, sh])
-    return flip_boxes(boxes, meta['img_shape'], meta.get('flip_direction') if meta.get('flip')
-                      else None)
 
 
 def merge_detections(boxes, scores, labels, iou_threshold=0.5, max_per_img=100, mode='nms'):
@@ -96,38 +62,6 @@ def merge_detections(boxes, scores, labels, iou_threshold=0.5, max_per_img=100, 
         out_boxes = (weights @ boxes.float()) / weights.sum(1, keepdim=True).clamp(min=1e-12)
         out_boxes = out_boxes.to(boxes.dtype)
     return out_boxes, scores[keep], labels[keep]
-
-
-def _unflip_grid(maps, direction):
-    """Per-RoI maps ``(K, M, M)`` of a flipped copy, back in the unflipped RoI's grid."""
-    if direction in ('horizontal', 'diagonal'):
-        maps = maps.flip(-1)
-    if direction in ('vertical', 'diagonal'):
-        maps = maps.flip(-2)
-    return maps
-
-
-def _unflip_keypoints(xy, scores, meta):
-    """Keypoints ``(K, P, 2)`` decoded in a flipped copy's input frame, back: coordinates
-    mirrored as ``RandomFlip`` mirrors them and the left/right keypoints swapped."""
-    direction = meta.get('flip_direction') if meta.get('flip') else None
-    if not direction:
-        return xy, scores
-    h, w = float(meta['img_shape'][0]), float(meta['img_shape'][1])
-    xy = xy.clone()
-    if direction in ('horizontal', 'diagonal'):
-        xy[..., 0] = w - xy[..., 0]
-    if direction in ('vertical', 'diagonal'):
-        xy[..., 1] = h - xy[..., 1]
-    if direction in ('horizontal', 'vertical'):
-        flip_indices = meta.get('flip_indices')
-        if flip_indices is None:
-            raise ValueError('test-time flipping of keypoints needs flip_indices in the data '
-                             "samples (add 'flip_indices' to PackDetInputs' meta_keys in the "
-                             'tta_pipeline)')
-        order = torch.as_tensor(list(flip_indices), device=xy.device)
-        xy, scores = xy[:, order], scores[:, order]
-    return xy, scores
 
 
 @MODELS.register_module()
@@ -169,7 +103,7 @@ class DetTTAModel(BaseTTAModel):
             for s in samples:
                 pred = s.pred_instances
                 meta = dict(s.metainfo, img_shape=s.metainfo['ori_shape'], scale_factor=(1, 1))
-                dets.append(InstanceData(bboxes=to_original(pred.bboxes, meta),
+                dets.append(InstanceData(bboxes=boxes_to_original(pred.bboxes, meta),
                                          scores=pred.scores, labels=pred.labels))
             result = self._merge_boxes(dets)
             sample = samples[0]
@@ -198,7 +132,7 @@ class DetTTAModel(BaseTTAModel):
         num_imgs = len(passes[0]['samples'])
         results = []
         for i in range(num_imgs):
-            dets = [InstanceData(bboxes=to_original(p['dets'][i].bboxes, p['metas'][i]),
+            dets = [InstanceData(bboxes=boxes_to_original(p['dets'][i].bboxes, p['metas'][i]),
                                  scores=p['dets'][i].scores, labels=p['dets'][i].labels)
                     for p in passes]
             results.append(self._merge_boxes(dets))
@@ -255,12 +189,13 @@ class DetTTAModel(BaseTTAModel):
         labels = torch.cat([r.labels for r in results])
         sums = {}
         for p in passes:
-            rois = boxes_to_rois([to_augmented(r.bboxes, m) for r, m in zip(results, p['metas'])])
+            rois = boxes_to_rois([boxes_to_augmented(r.bboxes, m)
+                                 for r, m in zip(results, p['metas'])])
             shared = {}
             for branch in branches:
-                raw = branch.predict(self._pool_fn(p['roi_feats'], branch.task, rois), rois,
+                raw = branch.predict(roi_head.pool_fn(p['roi_feats'], branch.task, rois), rois,
                                      labels, shared)
-                raw = self._to_original(branch.task, raw, rois, p['metas'], num_per_img)
+                raw = branch.deaugment(raw, p['metas'], num_per_img)
                 if branch.task not in sums:
                     sums[branch.task] = raw
                 else:
@@ -273,32 +208,3 @@ class DetTTAModel(BaseTTAModel):
             mean = tuple(t / n for t in total) if isinstance(total, tuple) else total / n
             # boxes and outputs are in the original image: paste / rescale there
             branch.postprocess(results, mean, metas_orig, rescale=True)
-
-    def _pool_fn(self, roi_feats, task, rois):
-        roi_head = self.module.roi_head
-        source = roi_head.extractor_alias.get(task, task)
-        return lambda stage: roi_feats.pool(roi_head.extractor(task, stage), rois, source,
-                                            cached=True)
-
-    @staticmethod
-    def _to_original(task, raw, rois, metas, num_per_img):
-        """A branch's per-RoI output of one copy, brought back to the original image."""
-        if task == 'mask_iou':
-            return raw
-        per_img = [slice(a - n, a) for a, n in
-                   zip(torch.tensor(num_per_img).cumsum(0).tolist(), num_per_img)]
-        if task == 'mask':
-            parts = [_unflip_grid(raw[sl], m.get('flip_direction') if m.get('flip') else None)
-                     for sl, m in zip(per_img, metas)]
-            return torch.cat(parts)
-        if task == 'keypoint':
-            xy, scores = raw
-            out_xy, out_s = [], []
-            for sl, m in zip(per_img, metas):
-                k_xy, k_s = _unflip_keypoints(xy[sl], scores[sl], m)
-                sw, sh = _scale(m)
-                out_xy.append(k_xy / k_xy.new_tensor([sw, sh]))
-                out_s.append(k_s)
-            return torch.cat(out_xy), torch.cat(out_s)
-        raise NotImplementedError(f'test-time augmentation does not know how to bring the '
-                                  f'{task!r} branch\'s outputs back from an augmented copy')
