@@ -185,3 +185,46 @@ def test_make_table_recomputes_intervals(tiny_spec, tmp_path):
                         text=True, cwd=ROOT, timeout=300)
     assert md.returncode == 0, md.stderr
     assert 'Δ box AP [95% CI]' in md.stdout and 'B=200' in md.stdout and osp.getsize(png) > 1000
+
+
+def test_shared_trunk_trains_once_and_is_loaded_frozen(tiny_spec, tmp_path):
+    """A spec with a shared trunk: the trunk trains once per seed (first, even with 2 jobs),
+    every variant loads it and keeps it frozen; the footnote says so."""
+    import torch
+    spec, _, _ = tiny_spec
+    trunk_spec = tmp_path / 'trunk_spec.py'
+    base = re.search(r"base = (.+)\n", spec.read_text())[1]
+    trunk_spec.write_text(f"""
+base = {base}
+variants = [dict(name='a'),
+            dict(name='b', overrides={{'model.roi_head.bbox_head.fc_out_channels': 64}})]
+trunk = dict(overrides={{'train_cfg.max_epochs': 1}})
+run = dict(train=True, test=True, speed=[])
+report = dict(baseline='a', columns=['bbox_mAP', 'segm_mAP'])
+""")
+    work = tmp_path / 'work'
+    summary = run_spec(str(trunk_spec), str(work), jobs=2)
+    assert [r['status'] for r in summary['variants']] == ['done', 'done']
+    trunk = torch.load(work / '_trunk' / 'seed0' / 'trunk.pth', weights_only=True)['state_dict']
+    for name in ('a', 'b'):
+        final = torch.load(work / name / 'seed0' / 'epoch_1.pth',
+                           weights_only=False)['state_dict']
+        for key in ('backbone.conv1.weight', 'neck.fpn_convs.0.conv.weight',
+                    'proposal_generator.rpn_cls.weight', 'backbone.bn1.running_mean'):
+            assert torch.equal(final[key], trunk[key]), (name, key)   # loaded and frozen
+        if name == 'a':  # same head shapes as the trunk's model: trained anew, not loaded
+            assert not torch.equal(final['roi_head.bbox_head.0.fc_cls.weight'],
+                                   trunk['roi_head.bbox_head.0.fc_cls.weight'])
+        log = (work / name / 'seed0' / 'console.log').read_text()
+        assert 'shared trunk:' in log and 'frozen' in log
+    # the variants started after the trunk had finished
+    trunk_done = json.loads((work / '_trunk' / 'seed0' / 'result.json').read_text())
+    assert trunk_done['status'] == 'done' and not trunk_done.get('metrics')   # trained only
+    assert summary['trunk']['modules'] == ['backbone', 'neck', 'proposal_generator']
+    assert 'Shared trunk (backbone, neck, proposal_generator): trained once per seed' in \
+        render(summary, 'md')
+    # a rerun skips the finished trunk and variants
+    again = run_spec(str(trunk_spec), str(work), jobs=2)
+    assert [r['status'] for r in again['variants']] == ['done', 'done']
+    assert all(json.loads((work / n / 'seed0' / 'result.json').read_text())['hash'] ==
+               r['hashes'][0] for n, r in zip(('a', 'b'), again['variants']))

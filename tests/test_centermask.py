@@ -207,7 +207,8 @@ def test_one_class_count_key():
     with pytest.raises(ValueError, match='set only roi_head.num_classes'):
         build(cfg)
     from cascade_seg.engine.num_classes import check_num_classes
-    full = Config.fromfile(SYNTHETIC)
+    from cascade_seg.engine.runner_utils import load_config
+    full = load_config(SYNTHETIC)  # the class count follows the dataset (6 classes)
     assert check_num_classes(full) == 6
     full.merge_from_dict({'model.roi_head.num_classes': 2})
     with pytest.raises(ValueError, match='model.roi_head.num_classes=6'):

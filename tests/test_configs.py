@@ -7,6 +7,7 @@ import torch
 from mmengine.config import Config
 
 from cascade_seg.engine.num_classes import check_num_classes
+from cascade_seg.engine.runner_utils import load_config
 from cascade_seg.registry import MODELS
 
 ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
@@ -19,7 +20,8 @@ def _rel(path):
 
 
 def _load(rel):
-    return Config.fromfile(osp.join(ROOT, rel))
+    """The config as the tools load it (the class count follows the dataset)."""
+    return load_config(osp.join(ROOT, rel))
 
 
 def _own_text(rel):
@@ -43,7 +45,7 @@ def test_config_tree_is_complete():
 
 @pytest.mark.parametrize('path', CONFIGS, ids=_rel)
 def test_config_loads_and_model_builds(path):
-    cfg = Config.fromfile(path)
+    cfg = load_config(path)
     assert cfg.default_scope == 'cascade_seg'
     check_num_classes(cfg)  # every shipped config is consistent with its dataset
     with torch.device('meta'):  # build only (no memory, no init; the models run elsewhere)
@@ -168,9 +170,13 @@ def test_mask_strategy_ablations():
 
 
 def test_synthetic_num_classes_follow_the_dataset():
+    # the file does not compute a class count from its parent's class list ...
+    raw = Config.fromfile(osp.join(ROOT, 'mask_rcnn/mask-rcnn_r18_fpn_synthetic.py'))
+    assert 'num_classes' not in raw.model.roi_head
+    # ... loading sets it from the dataset
     cfg = _load('mask_rcnn/mask-rcnn_r18_fpn_synthetic.py')
     n = len(cfg.train_dataloader.dataset.metainfo.classes)
-    assert check_num_classes(cfg) == n
+    assert cfg.model.roi_head.num_classes == n and check_num_classes(cfg) == n
     model = MODELS.build(cfg.model)
     assert model.roi_head.bbox_head[0].num_classes == n
     # another dataset with a different class count and no model change: a clear error
@@ -181,3 +187,25 @@ def test_synthetic_num_classes_follow_the_dataset():
                          'val_dataloader.dataset.metainfo.classes': ('a', 'b'),
                          'test_dataloader.dataset.metainfo.classes': ('a', 'b')})
     assert check_num_classes(cfg) == 2
+
+
+def _pipelines(cfg):
+    for split in ('train', 'val', 'test'):
+        dataset = (cfg.get(f'{split}_dataloader') or {}).get('dataset') or {}
+        yield split, dataset, dataset.get('pipeline') or []
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_rel)
+def test_semantic_maps_only_where_the_model_uses_them(path):
+    """A config loads semantic maps (and names their folder) only if its model has HTC's
+    semantic branch, so a user's ``data_prefix=dict(img=...)`` leaves nothing behind."""
+    cfg = Config.fromfile(path)
+    semantic = 'semantic_head' in (cfg.model.get('roi_head') or {})
+    for split, dataset, pipeline in _pipelines(cfg):
+        loads = any(t.get('with_seg') for t in pipeline if t['type'] == 'LoadAnnotations')
+        names = 'seg' in (dataset.get('data_prefix') or {})
+        assert loads == names, f'{split}: with_seg={loads} but data_prefix.seg: {names}'
+        assert not loads or semantic, f'{split} loads semantic maps the model does not use'
+    if semantic:
+        assert any(any(t.get('with_seg') for t in p if t['type'] == 'LoadAnnotations')
+                   for _, _, p in _pipelines(cfg))

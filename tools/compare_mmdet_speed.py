@@ -204,7 +204,7 @@ def bf16_table(results, low='bf16'):
     return '\n'.join(lines)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--models', nargs='+', default=list(OURS), choices=list(OURS))
@@ -227,9 +227,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.warmup, args.runs, args.rounds = 128, 0, 1, 1
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if not osp.isfile(args.ref_python):
-        p.error(f'no MMDetection reference interpreter at {args.ref_python} (--ref-python, '
-                '$MMDET_REF_PY; bash ../shared/mmdet_ref/setup.sh builds one)')
+        raise SystemExit(f'no MMDetection reference interpreter at {args.ref_python} '
+                         '(--ref-python, $MMDET_REF_PY; bash ../shared/mmdet_ref/setup.sh '
+                         'builds one)')
 
     import torch
 

@@ -194,7 +194,7 @@ def _matched(cell):
     return f'{100 * match_detections(ref, torch.load(ours, weights_only=True)):.0f}%'
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--img-size', type=int, default=512)
@@ -217,6 +217,11 @@ def main(argv=None):
     p.add_argument('--json', help=argparse.SUPPRESS)
     p.add_argument('--dump-dets', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.side:
         return time_torchvision(args)
     if args.quick:

@@ -44,13 +44,10 @@ def parse_args(argv=None):
 
 
 def model_state_dict(config, cfg_options=None):
-    from mmengine.config import Config
-
     import cascade_seg.models  # noqa: F401 - registers the modules
+    from cascade_seg.engine.runner_utils import load_config
     from cascade_seg.registry import MODELS
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options, strict_num_classes=False)
     return MODELS.build(cfg.model).state_dict()
 
 

@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 from cascade_seg.engine.runner_utils import (  # noqa: E402
-    DictAction, add_test_outputs, build_runner, load_config, save_metrics)
+    DictAction, add_test_outputs, apply_tta, build_runner, load_config, save_metrics)
 
 
 def parse_args(argv=None):
@@ -27,9 +27,19 @@ def parse_args(argv=None):
     p.add_argument('--partial-load', action='store_true',
                    help='evaluate even if the checkpoint does not fit the model (load the '
                         'weights that fit, report the rest); by default that is an error')
-    p.add_argument('--show-dir', help='save the images with predictions drawn into this folder '
+    p.add_argument('--show', action='store_true',
+                   help='show each image with its predictions in a window (where there is a '
+                        'display; otherwise it says so and shows nothing)')
+    p.add_argument('--show-dir', help='save the images with predictions drawn into this folder, '
+                                      'relative to <work_dir>/<timestamp>/ unless absolute '
                                       '(keeping their paths below the image folder)')
-    p.add_argument('--score-thr', type=float, default=0.3, help='score threshold for --show-dir')
+    p.add_argument('--wait-time', type=float, default=2,
+                   help='--show: seconds per image (0: until a key is pressed)')
+    p.add_argument('--score-thr', type=float, default=0.3,
+                   help='score threshold for --show / --show-dir')
+    p.add_argument('--tta', action='store_true',
+                   help='test-time augmentation: the config\'s tta_model and tta_pipeline '
+                        '(default: flip at the test scale, merged by NMS)')
     p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
                    help="inference precision (default: the config's `precision` key, else fp32)")
     p.add_argument('--amp', action='store_true',
@@ -49,7 +59,10 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     dump_pkl = args.out if args.out and not args.out.endswith('.json') else None
-    add_test_outputs(cfg, show_dir=args.show_dir, score_thr=args.score_thr, out_pkl=dump_pkl)
+    if args.tta:
+        apply_tta(cfg)
+    add_test_outputs(cfg, show_dir=args.show_dir, score_thr=args.score_thr, out_pkl=dump_pkl,
+                     show=args.show, wait_time=args.wait_time)
     runner = build_runner(cfg, work_dir=args.work_dir, launcher=args.launcher,
                           load_from=args.checkpoint, strict_load=not args.partial_load,
                           precision=args.precision, amp=args.amp)

@@ -24,6 +24,9 @@ def parse_args(argv=None):
     p.add_argument('--amp', action='store_true',
                    help='alias of the device\'s mixed precision: --precision bf16 on CPU, fp16 '
                         'on GPU')
+    p.add_argument('--auto-scale-lr', action='store_true',
+                   help='scale the learning rate by the total batch size / '
+                        'auto_scale_lr.base_batch_size of the config')
     p.add_argument('--seed', type=int, default=None, help='random seed')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                    help='override config keys, e.g. train_cfg.max_epochs=2')
@@ -39,7 +42,7 @@ def main(argv=None):
     args = parse_args(argv)
     runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                           resume=args.resume, amp=args.amp, launcher=args.launcher, seed=args.seed,
-                          precision=args.precision)
+                          auto_scale_lr=args.auto_scale_lr, precision=args.precision)
     runner.train()
     return runner
 

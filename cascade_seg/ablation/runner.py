@@ -18,11 +18,12 @@ import time
 import traceback
 
 from .progress import (PROGRESS_FILE, JobConsole, ProgressHook, fmt_duration, planned_length)
-from .spec import build_variant_config, config_hash, load_spec
+from .spec import TRUNK_NAME, build_variant_config, config_hash, load_spec
 
 RESULT_FILE = 'result.json'
 SUMMARY_FILE = 'results.json'
 CONSOLE_LOG = 'console.log'
+TRUNK_FILE = 'trunk.pth'
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 
 
@@ -65,11 +66,40 @@ def last_line(text):
     return lines[-1] if lines else ''
 
 
-def prepare_run(spec, variant, seed):
-    """The resolved config of one (variant, seed) and its hash; raises for a broken variant."""
+def is_trunk(variant):
+    return variant.name == TRUNK_NAME
+
+
+def run_settings(spec, variant):
+    """What a run does: the trunk only trains (its weights are the result)."""
+    if is_trunk(variant):
+        return dict(train=True, test=False, speed=())
+    return spec.run
+
+
+def trunk_dir(work_dir, seed):
+    return osp.join(work_dir, TRUNK_NAME, f'seed{seed}')
+
+
+def prepare_run(spec, variant, seed, work_dir='.'):
+    """The resolved config of one (variant, seed) and its hash; raises for a broken variant.
+
+    With a shared trunk, every variant's config gets a ``SharedTrunkHook`` that loads the
+    trunk of its seed from ``work_dir``, and its hash includes the trunk's hash (a changed
+    trunk reruns the variants), not the trunk's path."""
     cfg = build_variant_config(spec, variant)
-    digest = config_hash(cfg, seed, extra=dict(run=spec.run, speed=spec.speed,
-                                               checkpoint=variant.checkpoint))
+    extra = dict(run=run_settings(spec, variant), speed=spec.speed,
+                 checkpoint=variant.checkpoint)
+    if spec.trunk is not None and not is_trunk(variant):
+        extra['trunk'] = prepare_run(spec, spec.trunk.variant, seed, work_dir)[1]
+        extra['trunk_modules'] = [list(spec.trunk.modules), spec.trunk.freeze]
+    digest = config_hash(cfg, seed, extra=extra)
+    if 'trunk' in extra:
+        hooks = list(cfg.get('custom_hooks') or [])
+        hooks.append(dict(type='SharedTrunkHook', modules=list(spec.trunk.modules),
+                          freeze=spec.trunk.freeze,
+                          checkpoint=osp.abspath(osp.join(trunk_dir(work_dir, seed), TRUNK_FILE))))
+        cfg.custom_hooks = hooks
     return cfg, digest
 
 
@@ -128,7 +158,7 @@ def run_one(spec, variant, seed, work_dir, launcher='none'):
     record = dict(name=variant.name, seed=seed, config=variant.config,
                   overrides=variant.overrides, work_dir=vdir, status='running')
     try:
-        cfg, digest = prepare_run(spec, variant, seed)
+        cfg, digest = prepare_run(spec, variant, seed, work_dir)
     except Exception as e:  # a broken variant must not stop the others
         record.update(status='failed', error=f'{type(e).__name__}: {e}')
         _write_json(record_path, record)
@@ -178,14 +208,22 @@ def _execute(spec, variant, cfg, seed, vdir, launcher):
     progress = ProgressHook(osp.join(vdir, PROGRESS_FILE))
     out = dict(metrics={}, speed={}, eval={})
     runner = None
-    test = spec.run.get('test', True)
-    if spec.run.get('train', True) and variant.checkpoint is None:
+    settings = run_settings(spec, variant)
+    test = settings.get('test', True)
+    if spec.trunk is not None and not is_trunk(variant):
+        trunk_file = osp.join(trunk_dir(osp.dirname(osp.dirname(vdir)), seed), TRUNK_FILE)
+        if not osp.isfile(trunk_file):
+            raise FileNotFoundError(f'the shared trunk of seed {seed} is missing ({trunk_file}): '
+                                    'its run failed or has not run')
+    if settings.get('train', True) and variant.checkpoint is None:
         resume = 'auto' if osp.exists(osp.join(vdir, 'last_checkpoint')) else None
         runner = build_runner(_without_val(cfg) if test else cfg, work_dir=vdir, resume=resume,
                               launcher=launcher)
         runner.register_hook(progress, priority='VERY_LOW')
         runner.train()
         out['train_time_s'] = _train_time(runner)
+        if is_trunk(variant) and _is_main_process():
+            _save_trunk(runner, osp.join(vdir, TRUNK_FILE))
     if test:
         if runner is None:
             if variant.checkpoint is None:
@@ -202,9 +240,19 @@ def _execute(spec, variant, cfg, seed, vdir, launcher):
     # its own process (tools/ablate.py's default, run_spec(isolate=True), the demo).
     out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if _is_main_process():
-        for task in spec.run.get('speed') or ():
+        for task in settings.get('speed') or ():
             out['speed'][task] = benchmark(cfg, task=task, **spec.speed)
     return out
+
+
+def _save_trunk(runner, path):
+    """The trained weights (state dict only), written atomically: the variants load them."""
+    import torch
+    from mmengine.model import is_model_wrapper
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    tmp = path + '.tmp'
+    torch.save(dict(state_dict=model.state_dict()), tmp)
+    os.replace(tmp, path)
 
 
 def _save_eval_data(runner, vdir, metrics):
@@ -290,33 +338,46 @@ def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
     runs = []
     for v, s in todo:
         vdir = osp.join(work_dir, v.name, f'seed{s}')
-        info = dict(variant=v, seed=s, vdir=vdir, label=f'{v.name} seed {s}', length=0,
-                    unit='epochs', digest=None, error=None)
+        label = f'shared trunk seed {s}' if is_trunk(v) else f'{v.name} seed {s}'
+        info = dict(variant=v, seed=s, vdir=vdir, label=label, length=0,
+                    unit='epochs', digest=None, error=None, after=None)
         try:
-            cfg, info['digest'] = prepare_run(spec, v, s)
-            if spec.run.get('train', True) and v.checkpoint is None:
+            cfg, info['digest'] = prepare_run(spec, v, s, work_dir)
+            if run_settings(spec, v).get('train', True) and v.checkpoint is None:
                 info['length'], info['unit'] = planned_length(cfg)
         except Exception as e:
             info['error'] = f'{type(e).__name__}: {e}'
         runs.append(info)
+    # a variant starts after the shared trunk of its seed has finished
+    trunk_run = {r['seed']: i for i, r in enumerate(runs) if is_trunk(r['variant'])}
+    for r in runs:
+        if not is_trunk(r['variant']):
+            r['after'] = trunk_run.get(r['seed'])
+    finished = set()
     console = JobConsole(runs, stream=stream)
-    env = dict(os.environ, OMP_NUM_THREADS=str(_worker_threads(jobs)))
     pending, running, n = list(range(len(runs))), {}, len(runs)
     try:
         while pending or running:
             while pending and len(running) < jobs:
-                i = pending.pop(0)
+                ready = [j for j in pending if runs[j]['after'] is None
+                         or runs[j]['after'] in finished]
+                if not ready:
+                    break
+                i = ready[0]
+                pending.remove(i)
                 info, tag = runs[i], f'[{i + 1}/{n}] {runs[i]["label"]}'
                 record_path = osp.join(info['vdir'], RESULT_FILE)
                 if info['error']:  # the config does not build: recorded without a process
                     rec = run_one(spec, info['variant'], info['seed'], work_dir)
                     console.finished(i, ok=False)
                     console.line(f'{tag}: {_finish_text(rec)}')
+                    finished.add(i)
                     continue
                 old = _read_json(record_path)
                 if old and old.get('hash') == info['digest'] and old.get('status') == 'done':
                     console.finished(i, skipped=True)
                     console.line(f'{tag}: {_finish_text(dict(old, skipped=True))}')
+                    finished.add(i)
                     continue
                 if old and old.get('hash') != info['digest']:
                     _clean_stale(info['vdir'])
@@ -326,6 +387,11 @@ def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
                 log.write(f'==== {time.strftime("%Y-%m-%d %H:%M:%S")} '
                           f'{info["label"]} (hash {info["digest"]})\n')
                 log.flush()
+                # the cores are shared by the runs that can run now (a shared trunk runs alone)
+                ready_now = len([j for j in pending if runs[j]['after'] is None
+                                 or runs[j]['after'] in finished])
+                env = dict(os.environ, OMP_NUM_THREADS=str(
+                    _worker_threads(min(jobs, len(running) + 1 + ready_now))))
                 proc = subprocess.Popen(
                     _worker_cmd(spec_path, info['variant'].name, info['seed'], work_dir,
                                 spec.force_precision),
@@ -338,6 +404,7 @@ def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
                     continue
                 log.close()
                 del running[i]
+                finished.add(i)
                 info, tag = runs[i], f'[{i + 1}/{n}] {runs[i]["label"]}'
                 rec = _collect(info, proc.returncode)
                 console.finished(i, ok=rec.get('status') == 'done')
@@ -401,10 +468,16 @@ def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None
     if precision is not None:
         from cascade_seg.engine.precision import normalize_precision
         spec.force_precision = normalize_precision(precision)
-    variants = [v for v in spec.variants if only is None or v.name in only]
+    candidates = ([spec.trunk.variant] if spec.trunk is not None else []) + spec.variants
+    variants = [v for v in candidates if only is None or v.name in only]
     if only is not None and not variants:
         raise ValueError(f'no variant named {only} in {spec_path}')
+    if only is None and spec.trunk is not None and spec.trunk.variant in variants:
+        # the shared trunk of every seed trains first (isolated runs wait for it)
+        variants = [spec.trunk.variant] + [v for v in variants if not is_trunk(v)]
     todo = [(v, s) for v in variants for s in spec.seeds]
+    if spec.trunk is not None:  # trunks first, seed by seed
+        todo.sort(key=lambda vs: not is_trunk(vs[0]))
     os.makedirs(work_dir, exist_ok=True)
     if (jobs > 1 or isolate) and launcher == 'none':
         _run_isolated(spec, spec_path, todo, work_dir, jobs, stream)
@@ -423,6 +496,8 @@ def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None
         if rec.get('status') == 'failed':
             failed.append(dict(name=v.name, seed=s, error=last_line(rec.get('error'))))
     summary['job'] = dict(runs=[dict(name=v.name, seed=s) for v, s in todo], failed=failed)
+    if spec.trunk is not None:
+        summary['trunk'] = _trunk_summary(spec, work_dir)
     if write_summary and _is_main_process():
         from .table import attach_statistics
         start = time.time()
@@ -434,6 +509,15 @@ def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None
                  f"({time.time() - start:.1f} s)", stream)
         _write_json(osp.join(work_dir, SUMMARY_FILE), summary)
     return summary
+
+
+def _trunk_summary(spec, work_dir):
+    recs = [_read_json(osp.join(trunk_dir(work_dir, s), RESULT_FILE)) or {} for s in spec.seeds]
+    return dict(config=spec.trunk.variant.config, overrides=spec.trunk.variant.overrides,
+                modules=list(spec.trunk.modules), freeze=spec.trunk.freeze,
+                schedule=next((r['schedule'] for r in recs if r.get('schedule')), None),
+                seeds=[r.get('seed') for r in recs if r.get('status') == 'done'],
+                train_time_s=[r.get('train_time_s') for r in recs if r.get('status') == 'done'])
 
 
 def failed_variants(summary):

@@ -20,6 +20,10 @@ A spec is an mmengine python config::
     precision = 'bf16'   # optional: every variant's precision (training, test and speed);
                          # a variant's override '+precision' wins, tools/ablate.py --precision
                          # wins over both (engine/precision.py)
+    # optional shared trunk: trained once per seed (common_overrides, then these overrides),
+    # then loaded into every variant and, with freeze, kept frozen while the variant trains
+    trunk = dict(config=base, overrides={'train_cfg.max_iters': 800},
+                 modules=('backbone', 'neck', 'proposal_generator'), freeze=True)
 
 Override keys are dotted paths into the resolved config (the ``--cfg-options`` syntax).
 A key whose parent does not exist, or whose leaf is not in its parent, is an error that
@@ -54,6 +58,18 @@ class Variant:
     paper: dict = field(default_factory=dict)  # the paper's numbers for this row, by metric
 
 
+TRUNK_NAME = '_trunk'
+
+
+@dataclass
+class Trunk:
+    """A shared trunk: the modules ``modules`` of ``variant``'s trained model are loaded into
+    every variant of the spec (and frozen with ``freeze``)."""
+    variant: Variant
+    modules: tuple = ('backbone', 'neck', 'proposal_generator')
+    freeze: bool = True
+
+
 @dataclass
 class AblationSpec:
     path: str
@@ -64,6 +80,7 @@ class AblationSpec:
     seeds: list
     report: dict
     protocol: str = None  # one line stated under the table (what was trained, how)
+    trunk: Trunk = None   # trained once per seed and shared by every variant
     precision: str = None  # the variants' precision unless a variant overrides it
     force_precision: str = None  # the command line's --precision: wins over everything
 
@@ -108,7 +125,8 @@ def load_spec(path):
                         speed={**DEFAULT_SPEED, **dict(cfg.get('speed', {}))},
                         seeds=list(cfg.get('seeds', [0])), report=dict(cfg.get('report', {})),
                         protocol=_one_line(cfg.get('protocol'), path),
-                        precision=_precision(cfg.get('precision'), path))
+                        precision=_precision(cfg.get('precision'), path),
+                        trunk=_trunk(cfg.get('trunk'), base, spec_dir, path))
 
 
 def _precision(value, path):
@@ -117,6 +135,22 @@ def _precision(value, path):
         return normalize_precision(value)
     except ValueError as e:
         raise ValueError(f'{path}: {e}') from None
+
+
+def _trunk(trunk, base, spec_dir, path):
+    if trunk is None:
+        return None
+    trunk = dict(trunk)
+    unknown = set(trunk) - {'config', 'overrides', 'modules', 'freeze'}
+    if unknown:
+        raise ValueError(f'{path}: trunk has unknown keys {sorted(unknown)}')
+    config = trunk.get('config') or base
+    if config is None:
+        raise ValueError(f'{path}: the trunk has no config and the spec has no base')
+    variant = Variant(name=TRUNK_NAME, config=_resolve(config, spec_dir),
+                      overrides=dict(trunk.get('overrides', {})))
+    modules = tuple(trunk.get('modules', Trunk.modules))
+    return Trunk(variant=variant, modules=modules, freeze=bool(trunk.get('freeze', True)))
 
 
 def _paper(variant, path, name):

@@ -264,6 +264,12 @@ def footnote(results, baseline=None):
     parts = []
     if results.get('protocol'):
         parts.append(results['protocol'].rstrip('.') + '.')
+    trunk = results.get('trunk')
+    if trunk:
+        how = 'frozen' if trunk.get('freeze', True) else 'fine-tuned'
+        parts.append(f"Shared trunk ({', '.join(trunk.get('modules') or [])}): trained once per "
+                     f"seed ({trunk.get('schedule') or 'its own schedule'}), then loaded and "
+                     f'{how} in every row, which trains the rest.')
     schedules = list(dict.fromkeys(r['schedule'] for r in done if r.get('schedule')))
     if len(schedules) == 1:
         parts.append(f'Schedule (every row): {schedules[0]}.')

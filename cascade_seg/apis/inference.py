@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform, Compose
-from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 
@@ -94,9 +93,12 @@ def init_detector(config, checkpoint=None, device='cpu', cfg_options=None, stric
     autocast ``inference_detector`` runs the model under (engine/precision.py);
     ``model.inference_precision`` says what runs.
     """
-    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
-    if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
+    from cascade_seg.engine.runner_utils import load_config
+
+    # the class count follows the config's dataset as in training (a count set by the user is
+    # kept as set: a mismatching checkpoint is reported by the loading below)
+    cfg = load_config(config, dict(cfg_options) if cfg_options else None,
+                      strict_num_classes=False)
     init_default_scope(cfg.get('default_scope', 'cascade_seg'))
     if checkpoint is not None:
         _strip_pretrained(cfg.model)

@@ -12,10 +12,12 @@ from .hooks import CheckFiniteLossHook, NumClassesCheckHook, SavePredictionImage
 from .optim_wrapper import AutocastOptimWrapper
 from .resume import EpochBasedTrainLoop, IterBasedTrainLoop
 from .runner_utils import build_runner, load_config, save_metrics
+from .trunk import SharedTrunkHook, load_trunk
 
 install_safe_loader()
 
 __all__ = ['register_safe_globals', 'load_checkpoint', 'CheckFiniteLossHook', 'NumClassesCheckHook',
            'SavePredictionImagesHook', 'DumpDetResults', 'AutocastOptimWrapper', 'build_runner',
            'load_config', 'save_metrics', 'install_safe_loader', 'AtomicCheckpointHook',
-           'StrictLoadHook', 'EpochBasedTrainLoop', 'IterBasedTrainLoop']
+           'StrictLoadHook', 'EpochBasedTrainLoop', 'IterBasedTrainLoop', 'SharedTrunkHook',
+           'load_trunk']

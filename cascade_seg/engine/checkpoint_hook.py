@@ -197,7 +197,11 @@ class AtomicCheckpointHook(CheckpointHook):
 
 
 def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
+    """The detector inside a DDP wrapper or a test-time-augmentation model."""
+    from mmengine.model import BaseTTAModel
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
 
 
 @HOOKS.register_module()

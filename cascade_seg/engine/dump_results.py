@@ -1,11 +1,12 @@
-"""A metric that only writes the raw test predictions to a pickle (``test.py --out x.pkl``)."""
+"""A metric that only writes the raw test predictions to a pickle (``test.py --out x.pkl``),
+in MMDetection 3's format (see :func:`prediction_record`), so its analysis tools read it too."""
 import numpy as np
 from mmengine.evaluator import BaseMetric
 from mmengine.fileio import dump
 
 from cascade_seg.registry import METRICS
 
-__all__ = ['encode_masks', 'prediction_record', 'DumpDetResults']
+__all__ = ['encode_masks', 'prediction_record', 'DumpDetResults', 'load_predictions']
 
 
 def encode_masks(masks):
@@ -18,24 +19,37 @@ def encode_masks(masks):
     return list(rles)
 
 
-def _numpy(x):
-    return x.detach().cpu().numpy() if hasattr(x, 'detach') else np.asarray(x)
+def _cpu(x):
+    return x.detach().cpu() if hasattr(x, 'detach') else x
+
+
+# metainfo kept in a record (MMDetection keeps the data sample's whole metainfo)
+_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+              'flip_direction', 'pad_shape', 'batch_input_shape')
 
 
 def prediction_record(sample):
-    """Plain, picklable predictions of one image (a DetDataSample or its dict form)."""
+    """One image's predictions in MMDetection 3's ``test.py --out`` format: a dict with the
+    sample's metainfo (``img_id``, ``img_path``, ``ori_shape``, ...) and ``pred_instances``, a
+    dict of CPU tensors (``bboxes`` (N, 4) xyxy in the original image, ``scores``, ``labels``,
+    and ``mask_scores``, ``keypoints``, ``keypoint_scores`` when the model predicts them) with
+    ``masks`` as a list of COCO compressed RLEs (``counts`` a str). Ground truth is left out.
+    Accepts a DetDataSample or its dict form."""
     get = sample.get if isinstance(sample, dict) else (lambda k, d=None: getattr(sample, k, d))
     meta = sample if isinstance(sample, dict) else sample.metainfo
+    rec = {k: meta[k] for k in _META_KEYS if k in meta}
+    if 'ori_shape' in rec:
+        rec['ori_shape'] = tuple(rec['ori_shape'])
     pred = get('pred_instances')
-    rec = dict(img_id=meta.get('img_id'), img_path=meta.get('img_path'),
-               ori_shape=tuple(meta.get('ori_shape', ())))
-    pred_get = pred.get if isinstance(pred, dict) else (lambda k: getattr(pred, k, None))
-    for key in ('bboxes', 'scores', 'labels'):
-        value = pred_get(key)
-        if value is not None:
-            rec[key] = _numpy(value)
-    if pred_get('masks') is not None:
-        rec['masks'] = encode_masks(_numpy(pred_get('masks')))
+    fields = pred if isinstance(pred, dict) else (pred.to_dict() if pred is not None else {})
+    out = {}
+    for key, value in fields.items():
+        if key == 'masks':
+            masks = value if isinstance(value, list) else encode_masks(_cpu(value).numpy())
+            out['masks'] = masks
+        else:
+            out[key] = _cpu(value)
+    rec['pred_instances'] = out
     return rec
 
 
@@ -55,3 +69,32 @@ class DumpDetResults(BaseMetric):
     def compute_metrics(self, results):
         dump(results, self.out_file_path)
         return {}
+
+
+def load_predictions(path):
+    """The records of a ``test.py --out`` pickle: ours, MMDetection 3's (the same format), and
+    this project's earlier flat records (``bboxes`` etc. at the top level) as
+    ``pred_instances`` records. Values are numpy arrays (masks stay RLE lists)."""
+    from mmengine.fileio import load
+    records = load(path)
+    if not isinstance(records, list):
+        raise ValueError(f'{path}: not a test.py --out pickle (a list of per-image dicts), got '
+                         f'{type(records).__name__}')
+    out = []
+    for rec in records:
+        rec = dict(rec)
+        if 'pred_instances' not in rec:  # the earlier flat format
+            rec['pred_instances'] = {k: rec.pop(k) for k in list(rec)
+                                     if k in ('bboxes', 'scores', 'labels', 'masks',
+                                              'mask_scores', 'keypoints', 'keypoint_scores')}
+        pred = rec['pred_instances']
+        pred = pred.to_dict() if hasattr(pred, 'to_dict') else dict(pred)
+        for key, value in pred.items():
+            if key != 'masks':
+                pred[key] = _cpu(value).numpy() if hasattr(value, 'detach') else np.asarray(value)
+            elif not isinstance(value, list):
+                pred[key] = encode_masks(_cpu(value).numpy() if hasattr(value, 'detach')
+                                         else value)
+        rec['pred_instances'] = pred
+        out.append(rec)
+    return out

@@ -63,7 +63,11 @@ class CheckFiniteLossHook(Hook):
 
 
 def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
+    """The detector inside a DDP wrapper or a test-time-augmentation model."""
+    from mmengine.model import BaseTTAModel
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
 
 
 @HOOKS.register_module()
@@ -97,22 +101,40 @@ class NumClassesCheckHook(Hook):
 
 @HOOKS.register_module()
 class SavePredictionImagesHook(Hook):
-    """Draw the test predictions on the input images and write them to ``out_dir``."""
+    """Draw the test predictions on the input images; write them below ``out_dir`` and/or
+    show them in a window (``show``, ``wait_time`` seconds each; only where there is a
+    display, see cascade_seg/visualization/show.py).
+
+    A relative ``out_dir`` is taken below ``<work_dir>/<timestamp>/`` as MMDetection's
+    ``--show-dir`` is; an absolute one is used as it is.
+    """
     priority = 'LOW'
 
-    def __init__(self, out_dir, score_thr=0.3, interval=1):
+    def __init__(self, out_dir=None, score_thr=0.3, interval=1, show=False, wait_time=0.):
         self.out_dir = out_dir
         self.score_thr = score_thr
         self.interval = interval
+        self.show = show
+        self.wait_time = wait_time
         self._count = 0
+        self._resolved = None
+
+    def _out_dir(self, runner):
+        if self._resolved is None and self.out_dir:
+            out = self.out_dir
+            if not osp.isabs(out) and getattr(runner, 'work_dir', None):
+                out = osp.join(runner.work_dir, getattr(runner, 'timestamp', ''), out)
+            self._resolved = out
+        return self._resolved
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         import cv2
 
         from cascade_seg.visualization import draw_det_data_sample
+        from cascade_seg.visualization.show import show_image
         meta = getattr(_unwrap(runner.model), 'dataset_meta', None) or \
             getattr(runner.test_dataloader.dataset, 'metainfo', {}) or {}
-        os.makedirs(self.out_dir, exist_ok=True)
+        out_dir = self._out_dir(runner)
         for sample in outputs or []:
             self._count += 1
             path = sample.metainfo.get('img_path')
@@ -120,9 +142,17 @@ class SavePredictionImagesHook(Hook):
                 continue
             img = cv2.imread(path, cv2.IMREAD_COLOR)
             drawn = draw_det_data_sample(img, sample, meta.get('classes'), self.score_thr)
-            out = osp.join(self.out_dir, self._relative(runner, path))
-            os.makedirs(osp.dirname(out), exist_ok=True)
-            cv2.imwrite(out, drawn)
+            if self.show:
+                show_image(drawn, osp.basename(path), self.wait_time)
+            if out_dir:
+                out = osp.join(out_dir, self._relative(runner, path))
+                os.makedirs(osp.dirname(out), exist_ok=True)
+                cv2.imwrite(out, drawn)
+
+    def after_test(self, runner):
+        if self._resolved:
+            from mmengine.logging import print_log
+            print_log(f'drawn predictions written to {self._resolved}', logger='current')
 
     @staticmethod
     def _relative(runner, path):

@@ -11,18 +11,25 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401 (DictAction for tools)
 from mmengine.logging import print_log
 
-from .num_classes import check_num_classes
+from .num_classes import check_num_classes, resolve_num_classes
 from .precision import apply_precision, set_inference_precision
+from .user_config import (follow_dataset_classes, read_config, remember_user_layer, user_layer,
+                          warn_frozen_random_init)
 
 __all__ = ['load_config', 'apply_amp', 'apply_precision', 'apply_resume', 'setup_launcher',
            'build_runner', 'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction',
+           'apply_tta', 'apply_auto_scale_lr', 'default_tta_pipeline',
            'check_config_types', 'unread_top_level_keys']
 
 # Top-level keys read by something other than mmengine's Runner(...) arguments:
 # mmengine's Runner (cfg.get), checkpoint meta, and our tools.
 _OTHER_READ_KEYS = {'sync_bn', 'find_unused_parameters', 'model_wrapper_cfg', 'gpu_ids',
                     'compile', 'activation_checkpointing', 'efficient_conv_bn_eval',
-                    'launcher', 'filename', 'dist_params', 'precision'}
+                    'launcher', 'filename', 'dist_params', 'tta_model', 'tta_pipeline',
+                    'precision'}
+# Helper variables of the configs themselves (MMDetection's names): never a typo of a read key.
+_CONFIG_VARIABLES = {'train_pipeline', 'test_pipeline', 'val_pipeline', 'data_root',
+                     'dataset_type', 'backend_args', 'metainfo', 'classes', 'img_scales'}
 _MISSING = object()
 
 
@@ -109,7 +116,8 @@ def unread_top_level_keys(cfg, new_keys=()):
     read = _runner_keys() | _OTHER_READ_KEYS
     out = []
     for key in cfg.keys():
-        if key in read or key.startswith('_'):
+        helper = key in _CONFIG_VARIABLES and key not in new_keys
+        if key in read or key.startswith('_') or helper:
             continue
         close = difflib.get_close_matches(key, sorted(read), n=1, cutoff=0.8)
         if key in new_keys or close:
@@ -117,14 +125,20 @@ def unread_top_level_keys(cfg, new_keys=()):
     return out
 
 
-def load_config(config, cfg_options=None):
+def load_config(config, cfg_options=None, follow_dataset=True, strict_num_classes=True):
     """A copy of ``config`` (path or Config) with ``--cfg-options`` merged in.
 
     An option that does not parse as the number the config holds raises; a
     top-level key that no component reads (``default_hook`` for ``default_hooks``)
     is reported as a warning.
+
+    With ``follow_dataset`` the config then follows its dataset where the user did not say
+    otherwise (what the config file sets itself, or ``cfg_options``, see user_config.py): a
+    dataset pointed at another annotation file without class names reads them from it, and
+    the model's class count is the dataset's (:func:`resolve_num_classes`; a contradicting
+    class count set by the user raises unless ``strict_num_classes`` is False).
     """
-    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    cfg = read_config(config) if isinstance(config, str) else copy.deepcopy(config)
     new_keys = set()
     if cfg_options:
         options = dict(cfg_options)
@@ -132,6 +146,11 @@ def load_config(config, cfg_options=None):
         new_keys = {k.split('.')[0] for k in options} - set(cfg.keys())
         cfg.merge_from_dict(options)
     cfg.setdefault('default_scope', 'cascade_seg')
+    if follow_dataset:
+        layer = user_layer(cfg, cfg_options)
+        remember_user_layer(cfg, layer)  # a later load_config(cfg) sees the options too
+        follow_dataset_classes(cfg, layer)
+        resolve_num_classes(cfg, layer, strict=strict_num_classes)
     for key, close in unread_top_level_keys(cfg, new_keys):
         hint = f'; did you mean {close!r}?' if close else ''
         print_log(f'config key {key!r} is not read by any component, so it has no effect{hint}',
@@ -238,6 +257,68 @@ def setup_launcher(cfg, launcher='none'):
     return cfg
 
 
+PACK_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                  'flip_direction', 'pad_shape')
+
+
+def default_tta_pipeline(test_pipeline):
+    """Flip test-time augmentation at the test pipeline's own scale: its steps before
+    ``Resize`` as they are, then ``TestTimeAug`` over that ``Resize``, no flip / horizontal
+    flip, the steps after it, and ``PackDetInputs`` keeping the flip and ``flip_indices``."""
+    steps = [dict(t) for t in test_pipeline]
+    i = next((k for k, t in enumerate(steps) if t['type'] == 'Resize'), None)
+    head = steps[:i] if i is not None else steps[:1]
+    rest = steps[i + 1:] if i is not None else steps[1:]
+    pack = next((t for t in rest if t['type'] == 'PackDetInputs'), dict(type='PackDetInputs'))
+    keys = tuple(dict.fromkeys(tuple(pack.get('meta_keys', PACK_META_KEYS)) +
+                               ('flip', 'flip_direction', 'flip_indices')))
+    transforms = ([[steps[i]]] if i is not None else []) + [
+        [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1.)]]
+    transforms += [[t] for t in rest if t['type'] != 'PackDetInputs']
+    transforms.append([dict(pack, meta_keys=keys)])
+    return head + [dict(type='TestTimeAug', transforms=transforms)]
+
+
+def _innermost_dataset(loader_cfg):
+    dataset = loader_cfg['dataset']
+    while dataset.get('dataset') is not None:
+        dataset = dataset['dataset']
+    return dataset
+
+
+def apply_tta(cfg):
+    """``test.py --tta``: wrap the model in ``cfg.tta_model`` and test with
+    ``cfg.tta_pipeline``, as MMDetection 3 does. A config without them gets
+    ``DetTTAModel`` (NMS at the detector's IoU threshold, its ``max_per_img``) and
+    :func:`default_tta_pipeline` of its test pipeline, with a warning saying so."""
+    rcnn = ((cfg.model.get('test_cfg') or {}).get('rcnn') or cfg.model.get('test_cfg') or {})
+    if not cfg.get('tta_model'):
+        nms = dict(rcnn.get('nms') or dict(type='nms', iou_threshold=0.5))
+        cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(
+            nms=nms, max_per_img=rcnn.get('max_per_img', 100)))
+        print_log('--tta: the config has no tta_model; using ' + repr(cfg.tta_model),
+                  logger='current', level=logging.WARNING)
+    test_dataset = _innermost_dataset(cfg.test_dataloader)
+    if not cfg.get('tta_pipeline'):
+        cfg.tta_pipeline = default_tta_pipeline(test_dataset['pipeline'])
+        print_log('--tta: the config has no tta_pipeline; flipping at the test scale: '
+                  + repr(cfg.tta_pipeline), logger='current', level=logging.WARNING)
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    test_dataset['pipeline'] = cfg.tta_pipeline
+    return cfg
+
+
+def apply_auto_scale_lr(cfg):
+    """``train.py --auto-scale-lr``: mmengine scales the learning rate by (total batch size)
+    / ``auto_scale_lr.base_batch_size`` (the batch the config's lr was set for)."""
+    asl = cfg.get('auto_scale_lr') or {}
+    if 'base_batch_size' not in asl:
+        raise ValueError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in the '
+                         'config: the total batch size its learning rate was set for')
+    cfg.auto_scale_lr = dict(asl, enable=True)
+    return cfg
+
+
 def add_custom_hook(cfg, hook):
     """Append ``hook`` (a dict) to ``cfg.custom_hooks`` unless one of its type is there."""
     hooks = list(cfg.get('custom_hooks') or [])
@@ -248,16 +329,18 @@ def add_custom_hook(cfg, hook):
 
 
 def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False,
-                 launcher='none', seed=None, load_from=None, strict_load=False, precision=None):
+                 launcher='none', seed=None, load_from=None, strict_load=False,
+                 auto_scale_lr=False, precision=None):
     """Build an mmengine Runner the way tools/train.py and tools/test.py do.
 
     ``config`` is a path or a Config (not modified). ``work_dir`` defaults to the
     config's, else ``work_dirs/<config stem>``; ``resume`` is None, ``'auto'`` or a
     checkpoint path (see :func:`apply_resume`); ``load_from`` loads weights without
     resuming (testing), and ``strict_load`` refuses such weights unless every one
-    of them fits the model. ``precision`` (``'fp32' | 'bf16' | 'fp16'``, else the config's
-    ``precision`` key; ``amp`` is ``--amp``) sets the optimizer wrapper and the autocast of
-    validation and testing (see engine/precision.py).
+    of them fits the model; ``auto_scale_lr`` enables the config's ``auto_scale_lr``
+    (see :func:`apply_auto_scale_lr`). ``precision`` (``'fp32' | 'bf16' | 'fp16'``, else the
+    config's ``precision`` key; ``amp`` is ``--amp``) sets the optimizer wrapper and the
+    autocast of validation and testing (see engine/precision.py).
     """
     import cascade_seg.engine  # noqa: F401  (safe-globals allow-list, hooks)
     from mmengine.runner import Runner
@@ -270,22 +353,33 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
             add_custom_hook(cfg, dict(type='StrictLoadHook', filename=load_from))
     apply_resume(cfg, resume)
     apply_precision(cfg, precision, amp)
+    if auto_scale_lr:
+        apply_auto_scale_lr(cfg)
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
     check_config_types(cfg)
     check_num_classes(cfg)
+    if cfg.get('train_dataloader') and cfg.get('train_cfg'):
+        warn_frozen_random_init(cfg)  # a no-op when weights are loaded or resumed
     add_custom_hook(cfg, dict(type='NumClassesCheckHook'))
     setup_launcher(cfg, launcher)
+    # The Runner logs and dumps the config 3-4 times; mmengine formats it with yapf each time,
+    # 2-3 s per dump for a cascade config on one CPU core. The unformatted text is the same
+    # valid Python config (tools/print_config.py prints it formatted).
+    object.__setattr__(cfg, '_format_python_code', False)
     runner = Runner.from_cfg(cfg)
-    set_inference_precision(runner.model, cfg.precision)
+    set_inference_precision(runner.model, cfg.precision)  # a TTA wrapper's `module` too
     return runner
 
 
-def add_test_outputs(cfg, show_dir=None, score_thr=0.3, out_pkl=None):
-    """Extra test outputs: drawn predictions in ``show_dir``, raw predictions in ``out_pkl``."""
-    if show_dir:
+def add_test_outputs(cfg, show_dir=None, score_thr=0.3, out_pkl=None, show=False,
+                     wait_time=2.):
+    """Extra test outputs: drawn predictions in ``show_dir`` (relative: below
+    ``<work_dir>/<timestamp>/``, as MMDetection) and/or in a window (``show``, where there is a
+    display), raw predictions in ``out_pkl`` (MMDetection's ``pred_instances`` records)."""
+    if show_dir or show:
         add_custom_hook(cfg, dict(type='SavePredictionImagesHook', out_dir=show_dir,
-                                  score_thr=score_thr))
+                                  score_thr=score_thr, show=show, wait_time=wait_time))
     if out_pkl:
         evaluators = cfg.test_evaluator
         evaluators = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]

@@ -1,7 +1,7 @@
 # Small CenterMask for CPU: ResNet-18 from scratch, 64-channel FPN and heads, the synthetic set
 # and schedule of configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py. Another COCO-format dataset:
-# override the dataset keys (data_root, ann_file, data_prefix, metainfo.classes) and set
-# model.roi_head.num_classes to its class count (FCOS takes it from there).
+# override the dataset keys (docs/data_pipeline.md); the class count, model.roi_head.num_classes
+# (FCOS takes it from there), follows the dataset's classes.
 _base_ = [
     '../_base_/models/centermask_r50_fpn.py', '../_base_/datasets/synthetic_instance.py',
     '../_base_/schedules/schedule_synthetic.py', '../_base_/default_runtime.py'
@@ -16,7 +16,6 @@ model = dict(
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
     proposal_generator=dict(in_channels=64, feat_channels=64),
     roi_head=dict(
-        num_classes=len(_base_.train_dataloader.dataset.metainfo['classes']),
         mask_roi_extractor=dict(out_channels=64),
         mask_head=dict(in_channels=64, conv_out_channels=64),
         mask_iou_head=dict(in_channels=64, conv_out_channels=64, fc_out_channels=256)),

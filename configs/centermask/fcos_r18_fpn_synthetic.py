@@ -1,6 +1,6 @@
 # Small FCOS (box only) for CPU: the CenterMask synthetic twin's backbone, neck and FCOS head as a
-# one-stage detector. Another COCO-format dataset: the dataset keys and
-# model.bbox_head.num_classes.
+# one-stage detector. Another COCO-format dataset: the dataset keys (docs/data_pipeline.md); the
+# class count, model.bbox_head.num_classes, follows the dataset's classes.
 _base_ = [
     '../_base_/models/fcos_r50-caffe_fpn_gn-head.py', '../_base_/datasets/synthetic_instance.py',
     '../_base_/schedules/schedule_synthetic.py', '../_base_/default_runtime.py'
@@ -11,8 +11,7 @@ model = dict(
     backbone=dict(depth=18, style='pytorch', frozen_stages=-1, norm_eval=False,
                   norm_cfg=dict(type='BN', requires_grad=True)),
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
-    bbox_head=dict(num_classes=len(_base_.train_dataloader.dataset.metainfo['classes']),
-                   in_channels=64, feat_channels=64))
+    bbox_head=dict(in_channels=64, feat_channels=64))
 val_evaluator = dict(metric='bbox')
 test_evaluator = val_evaluator
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(max_keep_ckpts=1))

@@ -27,17 +27,17 @@ def _with(pipeline, **changes):
     return [dict(step, **changes.get(step['type'], {})) for step in pipeline]
 
 
-# boxes and keypoints; no masks, no semantic maps
+# boxes and keypoints, no masks
 train_pipeline = _with(_base_.train_pipeline,
-                       LoadAnnotations=dict(with_mask=False, with_seg=False, with_keypoints=True))
+                       LoadAnnotations=dict(with_mask=False, with_keypoints=True))
 test_pipeline = _with(_base_.test_pipeline,
                       LoadAnnotations=dict(with_mask=False, with_keypoints=True))
 train_dataloader = dict(dataset=dict(
     ann_file='annotations/keypoints_train.json', metainfo=metainfo,
-    data_prefix=dict(_delete_=True, img='train/'), pipeline=train_pipeline))
+    pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(
     ann_file='annotations/keypoints_val.json', metainfo=metainfo,
-    data_prefix=dict(_delete_=True, img='val/'), pipeline=test_pipeline))
+    pipeline=test_pipeline))
 test_dataloader = val_dataloader
 # Extreme points are sharp landmarks (a pixel each, like COCO's eyes: sigma 0.025); 0.05 allows
 # for the quantisation of 128-pixel images.

@@ -1,6 +1,6 @@
 # Small Mask R-CNN for CPU: ResNet-18 from scratch, 64-channel FPN, few RoIs, synthetic data.
-# Another COCO-format dataset: override the dataset keys (data_root, ann_file, data_prefix,
-# metainfo.classes) and set model.roi_head.num_classes to its class count.
+# Another COCO-format dataset: override the dataset keys (docs/data_pipeline.md, "Using your own
+# COCO-format dataset"); the class count follows the dataset's classes.
 _base_ = [
     '../_base_/models/mask-rcnn_r50_fpn.py', '../_base_/datasets/synthetic_instance.py',
     '../_base_/schedules/schedule_synthetic.py', '../_base_/default_runtime.py'
@@ -11,7 +11,6 @@ model = dict(
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
     rpn_head=dict(in_channels=64, feat_channels=64),
     roi_head=dict(
-        num_classes=len(_base_.train_dataloader.dataset.metainfo['classes']),
         bbox_roi_extractor=dict(out_channels=64),
         bbox_head=dict(in_channels=64, fc_out_channels=256),
         mask_roi_extractor=dict(out_channels=64),

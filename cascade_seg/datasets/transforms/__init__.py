@@ -2,5 +2,7 @@
 from .formatting import PackDetInputs
 from .loading import LoadAnnotations, LoadImageFromFile
 from .transforms import Pad, RandomFlip, Resize
+from .tta import TestTimeAug
 
-__all__ = ['LoadImageFromFile', 'LoadAnnotations', 'Resize', 'RandomFlip', 'Pad', 'PackDetInputs']
+__all__ = ['LoadImageFromFile', 'LoadAnnotations', 'Resize', 'RandomFlip', 'Pad', 'PackDetInputs',
+           'TestTimeAug']

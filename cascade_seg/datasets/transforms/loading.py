@@ -185,7 +185,15 @@ class LoadAnnotations(BaseTransform):
         if path is None:
             raise ValueError(f'{results.get("img_path")}: with_seg=True but no seg_map_path '
                              "(set data_prefix=dict(seg=...) in the dataset config)")
-        seg = decode_image(read_bytes(path, self.backend_args), path)
+        try:
+            buf = read_bytes(path, self.backend_args)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f'semantic map not found: {path}. This pipeline loads one per image '
+                '(LoadAnnotations(with_seg=True), for the semantic branch of the HTC configs): '
+                'point data_prefix.seg at your maps, or use a config without the semantic '
+                'branch (e.g. htc-without-semantic_*)') from None
+        seg = decode_image(buf, path)
         if seg.ndim != 2:
             raise ValueError(f'{path}: semantic map must be single-channel, got shape {seg.shape}')
         if seg.dtype != np.uint8:

@@ -1,16 +1,13 @@
 """The generalized R-CNN: backbone -> neck -> proposal generator (any dense head) -> RoI head."""
 import torch
-from mmengine.model import BaseModel
 
-from cascade_seg.engine.precision import InferencePrecisionMixin
 from cascade_seg.registry import MODELS
-from cascade_seg.structures import DetDataSample
 
-from ..layers import cpu_conv_layout
+from .base import BaseDetector, samples_for
 
 
 @MODELS.register_module()
-class GeneralizedRCNN(InferencePrecisionMixin, BaseModel):
+class GeneralizedRCNN(BaseDetector):
     """Backbone (+ neck) features, proposals from any dense head (or given ones), RoI head.
 
     Args:
@@ -31,16 +28,12 @@ class GeneralizedRCNN(InferencePrecisionMixin, BaseModel):
     def __init__(self, backbone, neck=None, proposal_generator=None, roi_head=None,
                  train_cfg=None, test_cfg=None, data_preprocessor=None, init_cfg=None,
                  rpn_head=None):
-        if isinstance(data_preprocessor, dict):  # our registry: mmengine's root one lacks our types
-            data_preprocessor = MODELS.build(data_preprocessor)
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        super().__init__(backbone, neck, data_preprocessor, init_cfg)
         if rpn_head is not None and proposal_generator is not None:
             raise ValueError('give either proposal_generator or rpn_head (the same slot)')
         proposal_generator = proposal_generator if rpn_head is None else rpn_head
         self.train_cfg = train_cfg = train_cfg or {}
         self.test_cfg = test_cfg = test_cfg or {}
-        self.backbone = MODELS.build(backbone)
-        self.neck = MODELS.build(neck) if neck is not None else None
         self.proposal_generator = None
         if proposal_generator is not None:
             self.proposal_generator = MODELS.build(dict(
@@ -60,20 +53,6 @@ class GeneralizedRCNN(InferencePrecisionMixin, BaseModel):
         for key in [k for k in state_dict if k.startswith(old)]:
             state_dict[new + key[len(old):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def forward(self, inputs, data_samples=None, mode='tensor'):
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        if mode == 'tensor':
-            return self._forward(inputs, data_samples)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
-
-    def extract_feat(self, batch_inputs):
-        batch_inputs = cpu_conv_layout(batch_inputs, self.training)
-        x = self.backbone(batch_inputs)
-        return self.neck(x) if self.neck is not None else x
 
     @staticmethod
     def _given_proposals(batch_data_samples):
@@ -104,22 +83,15 @@ class GeneralizedRCNN(InferencePrecisionMixin, BaseModel):
         losses.update(roi_losses)
         return losses
 
-    def predict(self, batch_inputs, batch_data_samples=None, rescale=True):
-        """Set ``pred_instances`` (bboxes, scores, labels, masks, ...) in each data sample."""
-        if batch_data_samples is None:
-            batch_data_samples = _samples_for(batch_inputs)
+    def predict_instances(self, batch_inputs, batch_data_samples, rescale=True):
         x = self.extract_feat(batch_inputs)
         proposals = self._proposals(x, batch_data_samples)
-        results = self.roi_head.predict(_dense(x), proposals, batch_data_samples,
-                                        rescale=rescale)
-        for sample, result in zip(batch_data_samples, results):
-            sample.pred_instances = result
-        return batch_data_samples
+        return self.roi_head.predict(_dense(x), proposals, batch_data_samples, rescale=rescale)
 
     def _forward(self, batch_inputs, batch_data_samples=None):
         """Raw outputs: ``(proposal generator forward, RoI head forward)``, no post-processing."""
         if batch_data_samples is None:
-            batch_data_samples = _samples_for(batch_inputs)
+            batch_data_samples = samples_for(batch_inputs)
         x = self.extract_feat(batch_inputs)
         outs = ()
         if self.proposal_generator is not None:
@@ -137,14 +109,6 @@ def _dense(feats):
     here instead of one per RoIAlign call)."""
     return tuple(f.to(dtype=torch.float32 if f.dtype != torch.float64 else f.dtype,
                       memory_format=torch.contiguous_format) for f in feats)
-
-
-def _samples_for(batch_inputs):
-    """Data samples for bare inputs (no resize, no padding): just enough meta to run."""
-    h, w = batch_inputs.shape[-2:]
-    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
-                scale_factor=(1.0, 1.0))
-    return [DetDataSample(metainfo=meta) for _ in range(batch_inputs.shape[0])]
 
 
 # MMDetection's name for a detector with proposals and a RoI head: the same class.

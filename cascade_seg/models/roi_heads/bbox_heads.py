@@ -94,7 +94,7 @@ def class_wise_nms(boxes, scores, labels, iou_threshold):
     per-class NMS run on the intra-op threads (torchvision's CPU NMS is serial and releases the
     GIL; each class's result is the same whichever thread computes it).
     """
-    if boxes.numel() <= 4000 or boxes.device.type != 'cpu':
+    if boxes.numel() <= 4000 or boxes.device.type != 'cpu' or torch.jit.is_tracing():
         return batched_nms(boxes, scores, labels, iou_threshold)  # its single-NMS path
     order = torch.sort(labels, stable=True).indices
     groups = [idx for idx in order.split(torch.bincount(labels).tolist()) if idx.numel()]

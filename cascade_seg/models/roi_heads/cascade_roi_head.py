@@ -442,7 +442,7 @@ class CascadeRoIHead(nn.Module):
             labels = torch.cat([r.labels for r in results])
             shared = {}
             for branch in self.branches:
-                raw[branch.task] = branch.predict(self._pool_fn(feats, branch.task, rois),
+                raw[branch.task] = branch.predict(self.pool_fn(feats, branch.task, rois),
                                                   rois, labels, shared)
         # The one rescale step: boxes to the original image, then each branch's outputs.
         for r, meta in zip(results, metas):
@@ -456,9 +456,10 @@ class CascadeRoIHead(nn.Module):
                     branch.empty_result(r, meta['ori_shape'] if rescale else meta['img_shape'])
         return results
 
-    def _pool_fn(self, feats, task, rois):
-        # Every stage of a branch pools the same detections; a stage whose extractor module
-        # already pooled them reuses its output.
+    def pool_fn(self, feats, task, rois):
+        """``pool(stage)`` for a branch's ``predict``: the RoI features of ``rois`` for that
+        stage's extractor. Every stage of a branch pools the same detections; a stage whose
+        extractor module already pooled them reuses its output."""
         source = self.extractor_alias.get(task, task)
         return lambda stage: feats.pool(self.extractor(task, stage), rois, source, cached=True)
 
@@ -482,6 +483,6 @@ class CascadeRoIHead(nn.Module):
             outs = (rois, )
         shared = {}
         for branch in self.branches:
-            outs += (branch.predict(self._pool_fn(feats, branch.task, rois), rois, labels,
+            outs += (branch.predict(self.pool_fn(feats, branch.task, rois), rois, labels,
                                     shared),)
         return outs

@@ -36,7 +36,7 @@ import torch
 from torchvision.ops import roi_align as tv_roi_align
 
 __all__ = ['roi_align', 'roi_align_separable', 'roi_align_window_mean', 'axis_weights',
-           'roi_align_forward_threads', 'roi_align_backward_windows', 'WindowPlan']
+           'roi_align_forward_threads', 'roi_align_backward_windows', 'WindowPlan', 'is_tracing']
 
 # Work buffer of one backward chunk, in elements (the window gradients of its RoIs).
 CHUNK_ELEMS = 1 << 23
@@ -67,10 +67,17 @@ def thread_pool(workers):
         return _pool
 
 
+def is_tracing():
+    """Traced, exported or compiled: take the plain ops (no threads, no custom autograd
+    functions, which have no ONNX form)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or \
+        torch.compiler.is_compiling()
+
+
 def map_threads(fn, items):
     """``[fn(item) for item in items]`` on the thread pool (items in order), with autograd off
-    in the workers (grad mode is per thread)."""
-    if len(items) <= 1:
+    in the workers (grad mode is per thread); in this thread when tracing or exporting."""
+    if len(items) <= 1 or is_tracing():
         return [fn(item) for item in items]
 
     def run(item):
@@ -285,7 +292,7 @@ def roi_align_forward_threads(feat, rois, output_size, spatial_scale, sampling_r
     K = rois.shape[0]
     n = min(torch.get_num_threads(), K // MIN_ROIS_PER_THREAD)
     op = torch.ops.torchvision.roi_align
-    if n <= 1 or feat.is_cuda:
+    if n <= 1 or feat.is_cuda or is_tracing():  # traced/exported: one op, whatever the RoIs
         return op(feat, rois, spatial_scale, P, Q, sampling_ratio, aligned)
     feat = feat.contiguous()
     bounds = [K * i // n for i in range(n + 1)]
@@ -369,7 +376,7 @@ def roi_align(feat, rois, output_size, spatial_scale=1.0, sampling_ratio=0, alig
     separable backward when a gradient is needed; on GPU torchvision's op."""
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
-    if feat.requires_grad and torch.is_grad_enabled() and not feat.is_cuda:
+    if feat.requires_grad and torch.is_grad_enabled() and not feat.is_cuda and not is_tracing():
         return roi_align_separable(feat, rois, output_size, spatial_scale, sampling_ratio,
                                    aligned)
     feat = _float(feat)

@@ -7,7 +7,7 @@ from torchvision.ops import RoIPool
 from cascade_seg.registry import MODELS
 
 from .level_mapping import build_level_mapping
-from .roi_align import roi_align, roi_align_window_mean
+from .roi_align import is_tracing, roi_align, roi_align_window_mean
 
 
 def map_roi_levels(rois, num_levels, finest_scale=56, mode='mmdet', finest_stride=4):
@@ -103,7 +103,7 @@ class SingleRoIExtractor(nn.Module):
         (oh, ow), (h, w) = self.output_size, tuple(size)
         layer = self.roi_layers[0]
         if (self.num_inputs != 1 or self.gc_context or not isinstance(layer, RoIAlign)
-                or oh % h or ow % w):
+                or oh % h or ow % w or is_tracing()):
             return avg_pool_to(self(feats, rois), size)
         ref = feats[0]
         out = roi_align_window_mean(ref, rois, (h, w), layer.spatial_scale,

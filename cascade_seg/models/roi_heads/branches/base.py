@@ -117,3 +117,11 @@ class TaskBranch(nn.ModuleDict):
     def empty_result(self, result, shape):
         """Set this task's fields on an image without detections."""
         raise NotImplementedError
+
+    def deaugment(self, raw, metas, num_per_img):
+        """``raw`` (from ``predict`` on an augmented copy's boxes) brought back to the original
+        image, so that test-time augmentation can average the copies. ``metas``: the copy's
+        per-image metainfo (``flip``, ``flip_direction``, ``scale_factor``, ...)."""
+        raise NotImplementedError(f'test-time augmentation does not know how to bring the '
+                                  f"{self.task!r} branch's outputs back from an augmented copy "
+                                  f'({type(self).__name__}.deaugment)')

@@ -5,6 +5,7 @@ import torch
 from cascade_seg.registry import TASK_BRANCHES
 
 from ...task_utils import heatmaps_to_keypoints, keypoint_targets
+from ...task_utils.augment import keypoints_to_original, per_image
 from .base import TaskBranch
 
 
@@ -49,6 +50,12 @@ class KeypointBranch(TaskBranch):
                 xy = xy / xy.new_tensor(meta['scale_factor'])
             r.keypoints = xy
             r.keypoint_scores = scores
+
+    def deaugment(self, raw, metas, num_per_img):
+        xy, scores = raw
+        parts = [keypoints_to_original(xy[sl], scores[sl], m)
+                 for sl, m in zip(per_image(num_per_img), metas)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def empty_result(self, result, shape):
         k = self.head(self.test_stages[-1]).num_keypoints

@@ -6,6 +6,7 @@ import torch
 from cascade_seg.registry import TASK_BRANCHES
 
 from ...task_utils import mask_targets, paste_masks
+from ...task_utils.augment import flip_direction, per_image, unflip_grid
 from .base import TaskBranch
 
 
@@ -97,6 +98,11 @@ class MaskBranch(TaskBranch):
                 self.empty_result(r, shape)
             else:
                 r.masks = paste_masks(p, r.bboxes, shape, threshold=thr, mode=mode)
+
+    def deaugment(self, raw, metas, num_per_img):
+        # per-RoI probabilities on the RoI's own grid: only a flip needs undoing
+        return torch.cat([unflip_grid(raw[sl], flip_direction(m))
+                          for sl, m in zip(per_image(num_per_img), metas)])
 
     def empty_result(self, result, shape):
         result.masks = torch.zeros((0, *shape[:2]), dtype=torch.bool,

@@ -102,6 +102,9 @@ class MaskIoUBranch(TaskBranch):
             r.mask_iou = iou
             r.mask_scores = r.scores * iou
 
+    def deaugment(self, raw, metas, num_per_img):
+        return raw  # one IoU per RoI: nothing geometric to undo
+
     def empty_result(self, result, shape):
         result.mask_iou = result.bboxes.new_zeros((0, ))
         result.mask_scores = result.bboxes.new_zeros((0, ))
