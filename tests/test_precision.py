@@ -90,6 +90,10 @@ def test_apply_precision_sets_the_optimizer_wrapper(native_bf16):
     cfg = copy.deepcopy(base)  # a config that names the wrapper itself keeps meaning bf16
     cfg.optim_wrapper.type = 'AutocastOptimWrapper'
     assert prec.apply_precision(cfg, device='cpu') == 'bf16'
+    cfg = copy.deepcopy(base)  # a GPU run's saved config tested on CPU: --amp's meaning there
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    assert prec.apply_precision(cfg, device='cpu') == 'bf16'
+    assert cfg.optim_wrapper.type == 'AutocastOptimWrapper'
     cfg = copy.deepcopy(base)
     assert prec.apply_precision(cfg, 'fp16', device='cuda') == 'fp16'
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.dtype == 'float16'

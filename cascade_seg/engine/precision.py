@@ -110,7 +110,8 @@ def resolve_precision(precision, device='cpu'):
     device_type = torch.device(device).type if device is not None else 'cpu'
     if p == 'fp16' and device_type != 'cuda':
         raise ValueError(f'precision fp16 needs a CUDA device (here: {device_type}); on CPU use '
-                         "bf16 (bfloat16 autocast) or fp32")
+                         'bf16 (bfloat16 autocast) or fp32 (--precision, or the config\'s '
+                         'precision key)')
     if p == 'bf16' and device_type == 'cpu' and not cpu_has_native_bf16():
         _warn_once('cpu-bf16', 'precision bf16: this CPU has no native bfloat16 arithmetic '
                                '(neither AVX512-BF16 nor AMX), where bfloat16 is slower than '
@@ -180,7 +181,8 @@ def apply_precision(cfg, precision=None, amp=False, device=None):
 
     ``precision`` (the command line) wins over ``amp`` (``--amp``: bf16 on CPU, fp16 on CUDA),
     which wins over ``cfg.precision``, then over a mixed-precision ``optim_wrapper`` in the
-    config, then fp32. The result (after :func:`resolve_precision`) is stored as
+    config (mmengine's ``AmpOptimWrapper`` of a GPU run means ``--amp``: bf16 on CPU), then
+    fp32. The result (after :func:`resolve_precision`) is stored as
     ``cfg.precision`` and the ``optim_wrapper`` (if any) is set to match.
     """
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -193,6 +195,8 @@ def apply_precision(cfg, precision=None, amp=False, device=None):
         requested = normalize_precision(cfg.get('precision'))
     if requested is None:
         requested = optim_wrapper_precision(ow)
+        if requested == 'fp16' and device_type != 'cuda':
+            requested = 'bf16'  # a GPU run's AmpOptimWrapper means --amp: on CPU that is bf16
     effective = resolve_precision(requested, device_type)
     cfg.precision = effective
     if ow is not None:
