@@ -9,43 +9,26 @@ import torch
 import torch.nn.functional as F
 
 
-class _WindowMean(torch.autograd.Function):
-    """Means over non-overlapping ``fy x fx`` windows (``avg_pool2d``), whose backward spreads
-    the gradient back without the input: ``avg_pool2d`` itself keeps its input for backward
-    (100 MB per HTC stage for the 14x14 semantic RoI features)."""
-
-    @staticmethod
-    def forward(ctx, x, fy, fx):
-        ctx.factors = fy, fx
-        lead, (h, w) = x.shape[:-2], x.shape[-2:]
-        out = F.avg_pool2d(x.reshape(-1, h, w), (fy, fx))
-        return out.reshape(*lead, h // fy, w // fx)
-
-    @staticmethod
-    def backward(ctx, grad):
-        fy, fx = ctx.factors
-        lead, (oh, ow) = grad.shape[:-2], grad.shape[-2:]
-        grad = (grad * (1.0 / (fy * fx)))[..., :, None, :, None]
-        return grad.expand(*lead, oh, fy, ow, fx).reshape(*lead, oh * fy, ow * fx), None, None
+def _pool_matrix(size, out, like):
+    """``(out, size)`` averaging matrix of a whole-number pooling factor."""
+    f = size // out
+    m = torch.zeros(out, size, dtype=like.dtype, device=like.device)
+    for i in range(out):
+        m[i, i * f:(i + 1) * f] = 1.0 / f
+    return m
 
 
 def avg_pool_to(x, size):
-    """``F.adaptive_avg_pool2d(x, size)``; for whole-number factors (HTC: 14 -> 7) the same
-    windows through ``avg_pool2d``, keeping no copy of ``x`` for backward (a reshape-mean over
-    the window axes, the earlier way, took 140 ms per HTC stage forward and backward)."""
-    from .roi_align import is_tracing
+    """``F.adaptive_avg_pool2d(x, size)``; for whole-number factors (HTC: 14 -> 7) two matmuls
+    with averaging matrices: fast on CPU in both directions (avg_pool2d's backward is slower
+    in bf16, a reshape-mean over the interleaved window dims 20x slower), and backward keeps
+    no copy of ``x`` (100 MB per HTC stage at R50 width), only the half-pooled intermediate."""
     (h, w), (oh, ow) = x.shape[-2:], size
     if h % oh or w % ow:
         return F.adaptive_avg_pool2d(x, size)
-    fh, fw = int(h // oh), int(w // ow)
-    if is_tracing():  # exportable: the sum of the strided sub-grids (constant slices)
-        out = None
-        for i in range(fh):
-            for j in range(fw):
-                part = x[..., i::fh, j::fw]
-                out = part if out is None else out + part
-        return out * (1.0 / (fh * fw))
-    return _WindowMean.apply(x, fh, fw)
+    if (h, w) == (oh, ow):
+        return x
+    return _pool_matrix(h, oh, x) @ x @ _pool_matrix(w, ow, x).t()
 
 
 class SemanticContext:
