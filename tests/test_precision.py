@@ -87,12 +87,13 @@ def test_apply_precision_sets_the_optimizer_wrapper(native_bf16):
     assert cfg.optim_wrapper.type == 'OptimWrapper' and 'dtype' not in cfg.optim_wrapper
     cfg = copy.deepcopy(base)
     assert prec.apply_precision(cfg, amp=True, device='cpu') == 'bf16'
-    cfg = copy.deepcopy(base)  # a config that names the wrapper itself keeps meaning bf16
-    cfg.optim_wrapper.type = 'AutocastOptimWrapper'
-    assert prec.apply_precision(cfg, device='cpu') == 'bf16'
-    cfg = copy.deepcopy(base)  # a GPU run's saved config tested on CPU: --amp's meaning there
+    cfg = copy.deepcopy(base)  # a config that names the wrapper itself: its old meaning,
+    cfg.optim_wrapper.type = 'AutocastOptimWrapper'  # bf16 training, fp32 evaluation
+    assert prec.apply_precision(cfg, device='cpu') == 'fp32'
+    assert cfg.optim_wrapper.type == 'AutocastOptimWrapper' and 'precision' not in cfg
+    cfg = copy.deepcopy(base)  # a GPU run's saved config on CPU: --amp's meaning there
     cfg.optim_wrapper.type = 'AmpOptimWrapper'
-    assert prec.apply_precision(cfg, device='cpu') == 'bf16'
+    assert prec.apply_precision(cfg, device='cpu') == 'fp32'
     assert cfg.optim_wrapper.type == 'AutocastOptimWrapper'
     cfg = copy.deepcopy(base)
     assert prec.apply_precision(cfg, 'fp16', device='cuda') == 'fp16'

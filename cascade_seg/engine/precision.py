@@ -5,8 +5,9 @@ ablate.py, the inference API and the benchmarks):
 
 - **Which precision.** An explicit argument (``--precision``; ``--amp`` is an alias of the
   device's mixed precision) wins over the config's top-level ``precision`` key, which wins over
-  fp32. A config whose ``optim_wrapper`` already names a mixed-precision wrapper without a
-  ``precision`` key keeps meaning that precision (configs written before the key existed).
+  fp32. A config whose ``optim_wrapper`` names a mixed-precision wrapper without a
+  ``precision`` key keeps the meaning it had before the key existed: mixed-precision training,
+  fp32 evaluation.
   ``fp16`` needs CUDA (float16 autocast on CPU has no fast kernels and needs loss scaling, so
   it is refused rather than silently slow). ``bf16`` on a CPU without native bfloat16
   arithmetic (AVX512-BF16 or AMX, see :func:`cpu_has_native_bf16`) falls back to fp32 with one
@@ -177,13 +178,16 @@ def _set_optim_wrapper(ow, precision, device_type):
 
 
 def apply_precision(cfg, precision=None, amp=False, device=None):
-    """Decide the run's precision and write it into ``cfg`` (in place); returns it.
+    """Decide the run's precision and write it into ``cfg`` (in place); returns the precision
+    of evaluation (validation and test loops).
 
     ``precision`` (the command line) wins over ``amp`` (``--amp``: bf16 on CPU, fp16 on CUDA),
-    which wins over ``cfg.precision``, then over a mixed-precision ``optim_wrapper`` in the
-    config (mmengine's ``AmpOptimWrapper`` of a GPU run means ``--amp``: bf16 on CPU), then
-    fp32. The result (after :func:`resolve_precision`) is stored as
-    ``cfg.precision`` and the ``optim_wrapper`` (if any) is set to match.
+    which wins over ``cfg.precision``: the chosen one (after :func:`resolve_precision`) is
+    stored as ``cfg.precision``, the ``optim_wrapper`` (if any) is set to match, and
+    evaluation runs in it too. Without any of them, an ``optim_wrapper`` that names a
+    mixed-precision wrapper keeps its meaning from before the ``precision`` key: mixed-precision
+    training (mmengine's ``AmpOptimWrapper`` of a GPU run becomes bf16 autocast on CPU, as
+    ``--amp`` would), evaluation in fp32, ``cfg.precision`` unset. Otherwise fp32.
     """
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     device_type = torch.device(device).type
@@ -193,18 +197,25 @@ def apply_precision(cfg, precision=None, amp=False, device=None):
         requested = 'fp16' if device_type == 'cuda' else 'bf16'
     if requested is None:
         requested = normalize_precision(cfg.get('precision'))
-    if requested is None:
-        requested = optim_wrapper_precision(ow)
-        if requested == 'fp16' and device_type != 'cuda':
-            requested = 'bf16'  # a GPU run's AmpOptimWrapper means --amp: on CPU that is bf16
+    if requested is None:  # a config that names the wrapper itself: training only
+        legacy = optim_wrapper_precision(ow)
+        if legacy is not None:
+            if legacy == 'fp16' and device_type != 'cuda':
+                legacy = 'bf16'  # a GPU run's AmpOptimWrapper means --amp: on CPU, bf16
+            _match_optim_wrapper(ow, resolve_precision(legacy, device_type), device_type)
+        return 'fp32'
     effective = resolve_precision(requested, device_type)
     cfg.precision = effective
     if ow is not None:
-        current = optim_wrapper_precision(ow) or 'fp32'
-        if current != effective or (effective != 'fp32' and device_type == 'cuda'
-                                    and ow.get('type') != 'AmpOptimWrapper'):
-            _set_optim_wrapper(ow, effective, device_type)
+        _match_optim_wrapper(ow, effective, device_type)
     return effective
+
+
+def _match_optim_wrapper(ow, precision, device_type):
+    current = optim_wrapper_precision(ow) or 'fp32'
+    if current != precision or (precision != 'fp32' and device_type == 'cuda'
+                                and ow.get('type') != 'AmpOptimWrapper'):
+        _set_optim_wrapper(ow, precision, device_type)
 
 
 def set_inference_precision(model, precision, device=None):

@@ -352,7 +352,7 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
         if strict_load:
             add_custom_hook(cfg, dict(type='StrictLoadHook', filename=load_from))
     apply_resume(cfg, resume)
-    apply_precision(cfg, precision, amp)
+    eval_precision = apply_precision(cfg, precision, amp)
     if auto_scale_lr:
         apply_auto_scale_lr(cfg)
     if seed is not None:
@@ -368,7 +368,7 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
     # valid Python config (tools/print_config.py prints it formatted).
     object.__setattr__(cfg, '_format_python_code', False)
     runner = Runner.from_cfg(cfg)
-    set_inference_precision(runner.model, cfg.precision)  # a TTA wrapper's `module` too
+    set_inference_precision(runner.model, eval_precision)  # a TTA wrapper's `module` too
     return runner
 
 
