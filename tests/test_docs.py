@@ -346,6 +346,18 @@ def test_ablation_spec_snippet_loads(tmp_path, monkeypatch):
         assert build_variant_config(spec, v).model
 
 
+def test_shared_trunk_snippet_loads(tmp_path, monkeypatch):
+    from cascade_seg.ablation.spec import build_variant_config, load_spec
+    monkeypatch.chdir(REPO)
+    spec_file = tmp_path / 'spec.py'
+    spec_file.write_text("base = 'configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py'\n"
+                         "variants = [dict(name='a')]\n"
+                         + _python_block('docs/ablations.md', 'trunk = dict('))
+    spec = load_spec(str(spec_file))
+    assert spec.trunk.modules == ('backbone', 'neck', 'proposal_generator') and spec.trunk.freeze
+    assert build_variant_config(spec, spec.trunk.variant).train_cfg.max_epochs == 12
+
+
 def test_tta_snippet_builds(monkeypatch):
     from mmengine.registry import init_default_scope
 
@@ -410,6 +422,7 @@ def test_every_python_block_is_exercised():
     for doc, line, text in blocks('python'):
         handled = (f'{doc}:{line}' in fragments or 'import ' in text or '_base_' in text or
                    'variants' in text or 'tta_model' in text or "type='CenterMask'" in text
+                   or 'trunk = dict(' in text
                    or doc == 'docs/task_branches.md'
                    or isinstance(ast.parse(_parseable(text)).body[0], ast.Expr))
         assert handled, f'{doc}:{line} is not exercised by a test'

@@ -363,7 +363,9 @@ def _run_isolated(spec, spec_path, todo, work_dir, jobs, stream=None):
                          or runs[j]['after'] in finished]
                 if not ready:
                     break
-                i = ready[0]
+                # costliest first: the last runs to finish are then short ones, and no core
+                # idles long while one long run finishes
+                i = max(ready, key=lambda j: (runs[j]['variant'].cost, -j))
                 pending.remove(i)
                 info, tag = runs[i], f'[{i + 1}/{n}] {runs[i]["label"]}'
                 record_path = osp.join(info['vdir'], RESULT_FILE)

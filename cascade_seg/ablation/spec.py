@@ -56,6 +56,7 @@ class Variant:
     overrides: dict = field(default_factory=dict)
     checkpoint: str = None  # eval-only variants
     paper: dict = field(default_factory=dict)  # the paper's numbers for this row, by metric
+    cost: float = 1.0  # relative run time: with several jobs the costliest runs start first
 
 
 TRUNK_NAME = '_trunk'
@@ -114,7 +115,8 @@ def load_spec(path):
             raise ValueError(f'{path}: variant {name!r} has no config and the spec has no base')
         variants.append(Variant(name=name, config=_resolve(config, spec_dir),
                                 overrides=dict(v.get('overrides', {})),
-                                checkpoint=v.get('checkpoint'), paper=_paper(v, path, name)))
+                                checkpoint=v.get('checkpoint'), paper=_paper(v, path, name),
+                                cost=float(v.get('cost', 1.0))))
     if not variants:
         raise ValueError(f'{path}: the spec defines no variants')
     run = {**DEFAULT_RUN, **dict(cfg.get('run', {}))}

@@ -7,11 +7,14 @@
 # row trains its own RoI head (and HTC its semantic head) from scratch on the same features. The
 # comparison is between RoI heads on identical features. For end-to-end training of every row,
 # run this spec without `trunk` (and with a longer schedule) through tools/ablate.py.
+# `cost`: relative time of a run, so that two jobs start the longest first
 variants = [
-    dict(name='mask_rcnn', config='configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py'),
-    dict(name='cascade_mask_rcnn', config='configs/cascade_mask_rcnn/cascade-mask-rcnn_r18_fpn_synthetic.py'),
-    dict(name='htc_without_semantic', config='configs/htc/htc-without-semantic_r18_fpn_synthetic.py'),
-    dict(name='htc', config='configs/htc/htc_r18_fpn_synthetic.py'),
+    dict(name='mask_rcnn', config='configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py', cost=1.0),
+    dict(name='cascade_mask_rcnn', cost=2.2,
+         config='configs/cascade_mask_rcnn/cascade-mask-rcnn_r18_fpn_synthetic.py'),
+    dict(name='htc_without_semantic', cost=2.5,
+         config='configs/htc/htc-without-semantic_r18_fpn_synthetic.py'),
+    dict(name='htc', config='configs/htc/htc_r18_fpn_synthetic.py', cost=4.5),
 ]
 
 
@@ -23,20 +26,20 @@ def _iters(n, warmup):
             dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=warmup),
             dict(type='MultiStepLR', by_epoch=False, begin=0, end=n, milestones=[int(0.8 * n)],
                  gamma=0.1)],
-        'default_hooks.checkpoint.by_epoch': False,
+        '+default_hooks.checkpoint.by_epoch': False,
         'default_hooks.checkpoint.interval': n,
     }
 
 
-# every row: bf16 autocast (native on AVX512-BF16 CPUs), logs per iteration
+# every row: bf16 autocast in training and evaluation (native on AVX512-BF16 / AMX CPUs, fp32
+# elsewhere), logs per iteration
 common_overrides = {
     **_iters(500, warmup=50),
-    'optim_wrapper.type': 'AutocastOptimWrapper',
-    '+optim_wrapper.dtype': 'bfloat16',
+    '+precision': 'bf16',
     'log_processor.by_epoch': False,
 }
 trunk = dict(config='configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py',
-             overrides=_iters(800, warmup=100),
+             overrides=_iters(1000, warmup=100),
              modules=('backbone', 'neck', 'proposal_generator'), freeze=True)
 seeds = [0]
 # Training speed comes from the training log (mean s/iter); inference is benchmarked at the
