@@ -288,7 +288,7 @@ DIST_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
     import test_engine as t
-    from cascade_seg.engine import build_runner
+    from cascade_seg.engine import build_runner, close_distributed
     cfg = t.toy_cfg({work_dir!r}, 'ddp', max_iters=4, val=True)
     cfg.val_dataloader.dataset.size = 7   # odd size: the sampler pads, the metric must trim
     runner = build_runner(cfg, launcher='pytorch')
@@ -299,6 +299,9 @@ DIST_SCRIPT = textwrap.dedent('''
     torch.save(dict(iter=runner.iter, init=init, params=t.params_of(runner), metrics=metrics,
                     world=torch.distributed.get_world_size()),
                os.path.join({work_dir!r}, f'rank{{rank}}.pt'))
+    del runner
+    close_distributed()  # else a gloo thread may abort the process at exit
+    assert not torch.distributed.is_initialized()
 ''')
 
 

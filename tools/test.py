@@ -14,7 +14,8 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 from cascade_seg.engine.runner_utils import (  # noqa: E402
-    DictAction, add_test_outputs, apply_tta, build_runner, load_config, save_metrics)
+    DictAction, add_test_outputs, apply_tta, build_runner, close_distributed, load_config,
+    save_metrics)
 
 
 def parse_args(argv=None):
@@ -74,6 +75,7 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, tuple))},
                          indent=2, default=str))
         print(f'metrics written to {path}')
+    close_distributed()  # a no-op unless launched distributed
     return metrics
 
 

@@ -8,7 +8,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from cascade_seg.engine.runner_utils import DictAction, build_runner  # noqa: E402
+from cascade_seg.engine.runner_utils import (  # noqa: E402
+    DictAction, build_runner, close_distributed)
 
 
 def parse_args(argv=None):
@@ -44,6 +45,7 @@ def main(argv=None):
                           resume=args.resume, amp=args.amp, launcher=args.launcher, seed=args.seed,
                           auto_scale_lr=args.auto_scale_lr, precision=args.precision)
     runner.train()
+    close_distributed()  # a no-op unless launched distributed
     return runner
 
 

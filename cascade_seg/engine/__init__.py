@@ -11,7 +11,7 @@ from .dump_results import DumpDetResults
 from .hooks import CheckFiniteLossHook, NumClassesCheckHook, SavePredictionImagesHook
 from .optim_wrapper import AutocastOptimWrapper
 from .resume import EpochBasedTrainLoop, IterBasedTrainLoop
-from .runner_utils import build_runner, load_config, save_metrics
+from .runner_utils import build_runner, close_distributed, load_config, save_metrics
 from .trunk import SharedTrunkHook, load_trunk
 
 install_safe_loader()
@@ -20,4 +20,4 @@ __all__ = ['register_safe_globals', 'load_checkpoint', 'CheckFiniteLossHook', 'N
            'SavePredictionImagesHook', 'DumpDetResults', 'AutocastOptimWrapper', 'build_runner',
            'load_config', 'save_metrics', 'install_safe_loader', 'AtomicCheckpointHook',
            'StrictLoadHook', 'EpochBasedTrainLoop', 'IterBasedTrainLoop', 'SharedTrunkHook',
-           'load_trunk']
+           'load_trunk', 'close_distributed']

@@ -19,7 +19,7 @@ from .user_config import (follow_dataset_classes, read_config, remember_user_lay
 __all__ = ['load_config', 'apply_amp', 'apply_precision', 'apply_resume', 'setup_launcher',
            'build_runner', 'add_custom_hook', 'add_test_outputs', 'save_metrics', 'DictAction',
            'apply_tta', 'apply_auto_scale_lr', 'default_tta_pipeline',
-           'check_config_types', 'unread_top_level_keys']
+           'check_config_types', 'unread_top_level_keys', 'close_distributed']
 
 # Top-level keys read by something other than mmengine's Runner(...) arguments:
 # mmengine's Runner (cfg.get), checkpoint meta, and our tools.
@@ -241,6 +241,25 @@ def init_cpu_distributed(launcher, backend='gloo'):
     elif launcher != 'pytorch':
         raise ValueError(f'CPU distributed runs need launcher pytorch or slurm, got {launcher!r}')
     dist.init_process_group(backend=backend)
+
+
+def close_distributed():
+    """End a distributed run cleanly: every rank meets, then the process group is destroyed
+    while the interpreter is fully alive.
+
+    Without it, a gloo worker thread can still be releasing the tensors of the last collective
+    (it needs the GIL for that) when Python finalizes, and the process aborts with "terminate
+    called without an active exception" after a successful run (pytorch/pytorch#190489). The
+    barrier hands those threads the GIL; call this only where every rank arrives (not on an
+    error path, where it would wait for a rank that has died).
+    """
+    import gc
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def setup_launcher(cfg, launcher='none'):
