@@ -288,3 +288,18 @@ def test_paper_numbers_reach_the_table():
         [l for l in table.splitlines() if l.startswith('| +AFP')]
     assert 'paper mask AP' in header and '35.7' in first and second.rstrip().endswith('|  |')
     assert "the publication's own number" in table
+
+
+@pytest.mark.parametrize('freeze', [True, False])
+def test_footnote_states_the_shared_trunk_protocol(freeze):
+    from cascade_seg.ablation.table import footnote
+    row = dict(status='done', seeds=[0], schedule='500 iterations')
+    results = dict(protocol='Toy', variants=[dict(row, name='a')], trunk=dict(
+        modules=['backbone', 'neck'], freeze=freeze, schedule='1000 iterations'))
+    line = footnote(results)
+    assert 'Shared trunk (backbone, neck): trained once per seed (1000 iterations)' in line
+    if freeze:
+        assert 'loaded and frozen in every row, which trains the rest' in line
+    else:
+        assert 'frozen' not in line
+        assert 'initialisation of those modules in every row, which trains its whole' in line

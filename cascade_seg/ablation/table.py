@@ -266,10 +266,15 @@ def footnote(results, baseline=None):
         parts.append(results['protocol'].rstrip('.') + '.')
     trunk = results.get('trunk')
     if trunk:
-        how = 'frozen' if trunk.get('freeze', True) else 'fine-tuned'
-        parts.append(f"Shared trunk ({', '.join(trunk.get('modules') or [])}): trained once per "
-                     f"seed ({trunk.get('schedule') or 'its own schedule'}), then loaded and "
-                     f'{how} in every row, which trains the rest.')
+        what = (', '.join(trunk.get('modules') or []),
+                trunk.get('schedule') or 'its own schedule')
+        if trunk.get('freeze', True):
+            parts.append('Shared trunk (%s): trained once per seed (%s), then loaded and frozen '
+                         'in every row, which trains the rest.' % what)
+        else:
+            parts.append('Shared trunk (%s): trained once per seed (%s), then loaded as the '
+                         'initialisation of those modules in every row, which trains its whole '
+                         'model (the rest from scratch).' % what)
     schedules = list(dict.fromkeys(r['schedule'] for r in done if r.get('schedule')))
     if len(schedules) == 1:
         parts.append(f'Schedule (every row): {schedules[0]}.')

@@ -3,10 +3,12 @@
 #
 # 15 minutes on 2 CPU cores (install included) do not train four detectors from scratch to a
 # useful accuracy (Mask R-CNN alone needs ~1000 iterations, HTC costs 2.5x an iteration). So the
-# rows share one trunk: ResNet-18-FPN + RPN trained once (as Mask R-CNN), then frozen, and every
-# row trains its own RoI head (and HTC its semantic head) from scratch on the same features. The
-# comparison is between RoI heads on identical features. For end-to-end training of every row,
-# run this spec without `trunk` (and with a longer schedule) through tools/ablate.py.
+# rows share one trunk: ResNet-18-FPN + RPN trained once (as Mask R-CNN, 1000 iterations), which
+# initialises every row; each row then trains end to end for 500 iterations with its own RoI
+# head (and HTC its semantic head) from scratch. Every row gets the same initialisation and the
+# same schedule; the trunk is not frozen, so each row's backbone adapts to its heads. For
+# end-to-end training of every row from scratch, run this spec without `trunk` (and with a longer
+# schedule) through tools/ablate.py.
 # `cost`: relative time of a run, so that two jobs start the longest first
 variants = [
     dict(name='mask_rcnn', config='configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py', cost=1.0),
@@ -31,16 +33,19 @@ def _iters(n, warmup):
     }
 
 
-# every row: bf16 autocast in training and evaluation (native on AVX512-BF16 / AMX CPUs, fp32
-# elsewhere), logs per iteration
+# 64 sampled RoIs per image instead of 128: the same accuracy here, 1.6x cheaper RoI heads
+_sampler = {'model.train_cfg.rcnn.sampler.num': 64}
+# every row: 64 RoIs per image, bf16 autocast in training and evaluation (native on
+# AVX512-BF16 / AMX CPUs, fp32 elsewhere), logs per iteration
 common_overrides = {
     **_iters(500, warmup=50),
+    **_sampler,
     '+precision': 'bf16',
     'log_processor.by_epoch': False,
 }
 trunk = dict(config='configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py',
              overrides=_iters(1000, warmup=100),
-             modules=('backbone', 'neck', 'proposal_generator'), freeze=True)
+             modules=('backbone', 'neck', 'proposal_generator'), freeze=False)
 seeds = [0]
 # Training speed comes from the training log (mean s/iter); inference is benchmarked at the
 # demo's image size. tools/benchmark.py does the 512x512 R50 runs.
@@ -52,5 +57,6 @@ report = dict(baseline='mask_rcnn',
 # One line under the table (tools/ablate.py adds the trunk, the schedule, seeds and what ± and
 # the intervals cover): what was trained and how, the same for every row.
 protocol = ('Main job: small synthetic CPU configs (ResNet-18-FPN, 64 channels) on the embedded '
-            'synthetic train set, one shared frozen trunk, each RoI head trained from scratch '
-            'on it with the same schedule and evaluated once on the synthetic validation set')
+            'synthetic train set; every row starts from one shared trunk, trains end to end '
+            'with its RoI head from scratch on the same schedule, and is evaluated once on the '
+            'synthetic validation set')
