@@ -303,3 +303,19 @@ def test_footnote_states_the_shared_trunk_protocol(freeze):
     else:
         assert 'frozen' not in line
         assert 'initialisation of those modules in every row, which trains its whole' in line
+
+
+def test_specs_that_differ_in_speed_settings_share_their_trunk(tmp_path, base_cfg):
+    from cascade_seg.ablation.runner import prepare_run
+    keys = []
+    for i, speed in enumerate(['dict(img_size=128, runs=5)', 'dict(img_size=256, runs=3)']):
+        spec = load_spec(_write(tmp_path / f'spec{i}.py', f"""
+base = {base_cfg!r}
+variants = [dict(name='a')]
+speed = {speed}
+trunk = dict(overrides={{'train_cfg.max_epochs': 2}})
+"""))
+        keys.append((prepare_run(spec, spec.trunk.variant, 0)[1],
+                     prepare_run(spec, spec.variants[0], 0)[1]))
+    assert keys[0][0] == keys[1][0]  # one trained trunk serves both specs
+    assert keys[0][1] != keys[1][1]  # but the variants are benchmarked differently

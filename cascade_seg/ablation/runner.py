@@ -88,8 +88,9 @@ def prepare_run(spec, variant, seed, work_dir='.'):
     trunk of its seed from ``work_dir``, and its hash includes the trunk's hash (a changed
     trunk reruns the variants), not the trunk's path."""
     cfg = build_variant_config(spec, variant)
-    extra = dict(run=run_settings(spec, variant), speed=spec.speed,
-                 checkpoint=variant.checkpoint)
+    extra = dict(run=run_settings(spec, variant), checkpoint=variant.checkpoint)
+    if not is_trunk(variant):  # the trunk is not benchmarked: specs that differ only in their
+        extra['speed'] = spec.speed  # speed settings share one trained trunk
     if spec.trunk is not None and not is_trunk(variant):
         extra['trunk'] = prepare_run(spec, spec.trunk.variant, seed, work_dir)[1]
         extra['trunk_modules'] = [list(spec.trunk.modules), spec.trunk.freeze]

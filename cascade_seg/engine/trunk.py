@@ -1,10 +1,11 @@
 """Shared-trunk training: some top-level modules of a detector (by default backbone, neck and
-proposal generator) loaded from another run's checkpoint and kept frozen, so that the other
-parts (the RoI head) train on exactly the same features in every run that uses it.
+proposal generator) loaded from another run's checkpoint, then either kept frozen (the other
+parts, the RoI head, train on exactly the same features in every run that uses it) or trained
+on (the trunk is a shared initialisation and each run fine-tunes it end to end).
 
 This is how an ablation of RoI-head designs can be run on a small compute budget: the trunk is
-trained once, every variant trains only its head. It is a protocol of its own (the heads do not
-shape the features) and tables made with it say so.
+trained once, every variant starts from it. It is a protocol of its own and tables made with
+it say which (docs/ablations.md, "A shared trunk").
 """
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
@@ -64,7 +65,14 @@ class SharedTrunkHook(Hook):
         return runner.model.module if is_model_wrapper(runner.model) else runner.model
 
     def before_train(self, runner):
-        n = load_trunk(self._model(runner), self.checkpoint, self.modules, self.freeze)
+        model = self._model(runner)
+        if runner.iter > 0 and not self.freeze:
+            # resumed: the checkpoint holds the trunk as this run has fine-tuned it; loading
+            # the shared one again would undo that
+            print_log(f'shared trunk: resumed at iteration {runner.iter}, the fine-tuned trunk '
+                      'comes from the resumed checkpoint', logger='current')
+            return
+        n = load_trunk(model, self.checkpoint, self.modules, self.freeze)
         print_log(f'shared trunk: {n} tensors of {list(self.modules)} from {self.checkpoint}'
                   + (', frozen' if self.freeze else ''), logger='current')
 

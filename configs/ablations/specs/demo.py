@@ -7,8 +7,9 @@
 # initialises every row; each row then trains end to end for 500 iterations with its own RoI
 # head (and HTC its semantic head) from scratch. Every row gets the same initialisation and the
 # same schedule; the trunk is not frozen, so each row's backbone adapts to its heads. For
-# end-to-end training of every row from scratch, run this spec without `trunk` (and with a longer
-# schedule) through tools/ablate.py.
+# end-to-end training of every row from scratch, run a copy of this spec with `trunk = None`
+# (and a longer schedule) through tools/ablate.py.
+_base_ = ['./_base_/main_protocol.py']  # the shared trunk, the schedule, bf16, 64 RoIs
 # `cost`: relative time of a run, so that two jobs start the longest first
 variants = [
     dict(name='mask_rcnn', config='configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py', cost=1.0),
@@ -19,34 +20,6 @@ variants = [
     dict(name='htc', config='configs/htc/htc_r18_fpn_synthetic.py', cost=4.5),
 ]
 
-
-def _iters(n, warmup):
-    """An iteration schedule: linear warm-up, then LR x0.1 for the last fifth."""
-    return {
-        'train_cfg': dict(type='IterBasedTrainLoop', max_iters=n),
-        'param_scheduler': [
-            dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=warmup),
-            dict(type='MultiStepLR', by_epoch=False, begin=0, end=n, milestones=[int(0.8 * n)],
-                 gamma=0.1)],
-        '+default_hooks.checkpoint.by_epoch': False,
-        'default_hooks.checkpoint.interval': n,
-    }
-
-
-# 64 sampled RoIs per image instead of 128: the same accuracy here, 1.6x cheaper RoI heads
-_sampler = {'model.train_cfg.rcnn.sampler.num': 64}
-# every row: 64 RoIs per image, bf16 autocast in training and evaluation (native on
-# AVX512-BF16 / AMX CPUs, fp32 elsewhere), logs per iteration
-common_overrides = {
-    **_iters(500, warmup=50),
-    **_sampler,
-    '+precision': 'bf16',
-    'log_processor.by_epoch': False,
-}
-trunk = dict(config='configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py',
-             overrides=_iters(1000, warmup=100),
-             modules=('backbone', 'neck', 'proposal_generator'), freeze=False)
-seeds = [0]
 # Training speed comes from the training log (mean s/iter); inference is benchmarked at the
 # demo's image size. tools/benchmark.py does the 512x512 R50 runs.
 run = dict(train=True, test=True, speed=['inference'])

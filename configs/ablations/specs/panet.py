@@ -6,6 +6,11 @@
 # `paper`: the paper's R-50 COCO val numbers (mask AP, %), for the table to print beside ours.
 # The paper's 35.7 is the row it adds BPA to: its re-implemented Mask R-CNN with its training
 # refinements (multi-scale training, synchronized BN), not the plain one.
+# The main job's protocol (_base_/main_protocol.py), but the rows differ in the neck, so the
+# shared trunk is the backbone only (like the paper's ImageNet initialisation); neck, RPN and
+# heads train from scratch in every row.
+_base_ = ['./_base_/main_protocol.py']
+trunk = dict(modules=('backbone', ))
 base = 'configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py'
 _bpa = {'model.neck.type': 'PAFPN', '+model.neck.mode': 'paper'}
 _afp = {
@@ -27,10 +32,9 @@ variants = [
     # = configs/panet/panet_r18_fpn_synthetic.py
     dict(name='+FF', overrides={**_bpa, **_afp, **_ff}, paper=dict(segm_mAP=37.6)),
 ]
-seeds = [0]
 run = dict(train=True, test=True, speed=['inference'])
 speed = dict(img_size=128, threads=2, warmup=1, runs=3)
 report = dict(baseline='baseline', columns=['bbox_mAP', 'segm_mAP', 'segm_mAP_50', 'segm_mAP_75',
                                             'inference.s_per_img', 'params'])
-protocol = ("PANet's Table 3 steps on the synthetic Mask R-CNN (R18-FPN CPU config) from "
-            'scratch; only the named parts differ')
+protocol = ("PANet's Table 3 steps on the synthetic Mask R-CNN (R18-FPN CPU config), "
+            'main-job protocol with a shared backbone only; only the named parts differ')
