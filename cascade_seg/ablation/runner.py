@@ -315,7 +315,8 @@ def _finish_text(rec, seconds=None):
     if rec.get('status') != 'done':
         return f'FAILED{took}: {last_line(rec.get("error"))}'
     if rec.get('skipped'):
-        return 'unchanged since it finished, skipped: ' + _metrics_text(rec)
+        text = _metrics_text(rec)
+        return 'unchanged since it finished, skipped' + (f': {text}' if text else '')
     took = f' in {fmt_duration(seconds)}' if seconds is not None else ''
     text = _metrics_text(rec)
     return f'done{took}' + (f': {text}' if text else '')
