@@ -12,4 +12,5 @@ variants = [
 run = dict(train=True, test=True, speed=[])
 report = dict(baseline='class-specific', columns=['segm_mAP', 'segm_mAP_50', 'segm_mAP_75',
                                                   'params'])
-protocol = 'Synthetic Mask R-CNN (R18-FPN CPU config), main-job protocol; only the mask predictor differs'
+protocol = ('Synthetic Mask R-CNN (R18-FPN CPU config), main-job protocol'
+            '; only the mask predictor differs')

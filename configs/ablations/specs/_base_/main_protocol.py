@@ -1,4 +1,5 @@
-# The main job's protocol, shared by the specs that inherit it (`_base_ = ['./_base_/main_protocol.py']`):
+# The main job's protocol, shared by the specs that inherit it
+# (`_base_ = ['./_base_/main_protocol.py']`):
 # one trunk (ResNet-18-FPN + RPN, trained once per seed as the small Mask R-CNN for 1000
 # iterations) initialises every row, which then trains end to end for 500 iterations with the
 # rest of its model from its own initialisation. bf16 autocast in training and evaluation
