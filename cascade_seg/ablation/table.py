@@ -233,7 +233,8 @@ def table_rows(results, columns=None, baseline=None, delta=None):
         if r.get('status') != 'done':
             body.append([r['name'], 'not run'] + [''] * (width - 1))
             continue
-        cells = [r['name'] + (' (baseline)' if r['name'] == baseline else '')]
+        marked = r['name'] == baseline and 'baseline' not in r['name'].lower()
+        cells = [r['name'] + (' (baseline)' if marked else '')]
         cells += [_value_cell(by_key[(r['name'], c)]) for c in columns]
         if baseline:
             cells += [_delta_cell(by_key[(r['name'], c)]) for c in delta]
