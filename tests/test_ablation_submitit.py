@@ -111,3 +111,36 @@ def test_no_wait_is_for_slurm_only(tmp_path):
     with pytest.raises(SystemExit, match='--no-wait needs --executor slurm'):
         _tool('ablate').main(['spec.py', '--work-dir', str(tmp_path), '--executor', 'local',
                               '--no-wait'])
+
+
+def test_shared_trunk_is_its_own_job_and_the_variants_wait_for_it(sweep, tmp_path):
+    """A spec with a shared trunk: the trunk of each seed is a job of its own, the variants'
+    jobs start once it is done and load it, and the footnote states the trunk."""
+    from cascade_seg.ablation import render
+    from tests.test_tools import _tool
+    spec, _, _ = sweep
+    base = [ln for ln in spec.read_text().splitlines() if ln.startswith('base = ')][0]
+    trunk_spec = tmp_path / 'trunk_spec.py'
+    trunk_spec.write_text(f"""
+{base}
+variants = [dict(name='a')]
+trunk = dict(modules=('backbone', ), freeze=False)
+run = dict(train=True, test=True, speed=[])
+report = dict(baseline='a', columns=['bbox_mAP', 'segm_mAP'])
+""")
+    work = tmp_path / 'work'
+    _tool('ablate').main([str(trunk_spec), '--work-dir', str(work), '--executor', 'local',
+                          '--timeout-min', '10'])
+    trunk_run, run = work / '_trunk' / 'seed0', work / 'a' / 'seed0'
+    assert json.loads((trunk_run / 'result.json').read_text())['status'] == 'done'
+    assert (trunk_run / 'trunk.pth').is_file() and (trunk_run / JOB_FILE).is_file()
+    trunk_job = json.loads((trunk_run / JOB_FILE).read_text())['job_id']
+    assert json.loads((run / JOB_FILE).read_text())['job_id'] != trunk_job
+    assert json.loads((run / 'result.json').read_text())['status'] == 'done'
+    assert "shared trunk: " in (run / 'console.log').read_text()   # loaded, not missing
+    # the variant's job was submitted after the trunk had written its weights
+    assert osp.getmtime(trunk_run / 'trunk.pth') <= osp.getmtime(run / JOB_FILE)
+    summary = json.loads((work / 'results.json').read_text())
+    assert [r['name'] for r in summary['variants']] == ['a']
+    assert summary['trunk']['modules'] == ['backbone'] and not summary['trunk']['freeze']
+    assert 'initialisation of those modules' in render(summary, 'md')

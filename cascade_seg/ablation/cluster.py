@@ -18,8 +18,8 @@ import time
 
 from .progress import JobConsole, planned_length
 from .runner import (CONSOLE_LOG, RESULT_FILE, SUMMARY_FILE, _clean_stale, _collect,
-                     _finish_text, _log, _read_json, _worker_cmd, _worker_threads, _write_json,
-                     last_line, prepare_run, run_one, summarize)
+                     _finish_text, _log, _read_json, _trunk_summary, _worker_cmd, _worker_threads,
+                     _write_json, is_trunk, last_line, prepare_run, run_one, summarize)
 from .spec import load_spec
 
 __all__ = ['EXECUTORS', 'run_spec_submitit', 'JOB_FILE']
@@ -121,14 +121,20 @@ def run_spec_submitit(spec_path, work_dir, executor='slurm', partition=None, gpu
         max_running = 10 ** 9 if executor == 'slurm' else 1
     if poll_s is None:  # squeue / sacct calls every few seconds at most on a cluster
         poll_s = 10.0 if executor == 'slurm' else 0.5
-    runs = []
-    for v in variants:
+    # a shared trunk trains first, one job per seed; the variants of a seed wait for it
+    trunk = [spec.trunk.variant] if spec.trunk is not None and only is None else []
+    runs, trunk_run = [], {}
+    for v in trunk + variants:
         for s in spec.seeds:
             vdir = osp.join(work_dir, v.name, f'seed{s}')
-            info = dict(variant=v, seed=s, vdir=vdir, label=f'{v.name} seed {s}', length=0,
-                        unit='epochs', digest=None, error=None)
+            label = f'shared trunk seed {s}' if is_trunk(v) else f'{v.name} seed {s}'
+            info = dict(variant=v, seed=s, vdir=vdir, label=label, length=0, unit='epochs',
+                        digest=None, error=None, status=None,
+                        after=None if is_trunk(v) else trunk_run.get(s))
+            if is_trunk(v):
+                trunk_run[s] = len(runs)
             try:
-                cfg, info['digest'] = prepare_run(spec, v, s)
+                cfg, info['digest'] = prepare_run(spec, v, s, work_dir)
                 if spec.run.get('train', True) and v.checkpoint is None:
                     info['length'], info['unit'] = planned_length(cfg)
             except Exception as e:  # noqa: BLE001 - recorded as this run's failure
@@ -142,15 +148,24 @@ def run_spec_submitit(spec_path, work_dir, executor='slurm', partition=None, gpu
     def tag(i):
         return f'[{i + 1}/{n}] {runs[i]["label"]}'
 
+    def ready(i):  # its shared trunk (if any) has ended
+        after = runs[i]['after']
+        return after is None or runs[after]['status'] is not None
+
     try:
         while pending or active:
-            while pending and len(active) < max_running:
-                i = pending.pop(0)
+            while len(active) < max_running and any(ready(i) for i in pending):
+                i = next(i for i in pending if ready(i))
+                pending.remove(i)
+                after = runs[i]['after']
+                if after is not None and runs[after]['status'] != 'done':
+                    _trunk_failed(runs[i], runs[after], console, i, tag(i))
+                    continue
                 job = _start(spec, spec_path, runs[i], work_dir, ex, executor, gpus_per_job, env,
                              console, i, tag(i))
                 if job is not None:
                     active[i] = (job, time.time())
-            if not wait and not pending:
+            if not wait and not any(ready(i) for i in pending):
                 break
             _collect_finished(runs, active, console, tag)
             console.draw()
@@ -158,9 +173,11 @@ def run_spec_submitit(spec_path, work_dir, executor='slurm', partition=None, gpu
                 time.sleep(poll_s)
     finally:
         console.close()
-    if active:
-        print(f'{len(active)} job(s) queued or running; rerun the same command to wait for '
-              'them and write the table', file=stream or sys.stdout)
+    if active or pending:
+        print(f'{len(active)} job(s) queued or running'
+              + (f', {len(pending)} waiting for their shared trunk' if pending else '')
+              + '; rerun the same command to wait for them and write the table',
+              file=stream or sys.stdout)
         return None
     return _summary(spec, work_dir, runs, bootstrap, ci_seed, stream)
 
@@ -169,11 +186,13 @@ def _start(spec, spec_path, info, work_dir, ex, executor, gpus_per_job, env, con
     """Skip, re-attach or submit one (variant, seed); returns the job to wait for, or None."""
     if info['error']:  # the config does not build: recorded without a job
         rec = run_one(spec, info['variant'], info['seed'], work_dir)
+        info['status'] = 'failed'
         console.finished(i, ok=False)
         console.line(f'{tag}: {_finish_text(rec)}')
         return None
     old = _read_json(osp.join(info['vdir'], RESULT_FILE))
     if old and old.get('hash') == info['digest'] and old.get('status') == 'done':
+        info['status'] = 'done'
         console.finished(i, skipped=True)
         console.line(f'{tag}: {_finish_text(dict(old, skipped=True))}')
         return None
@@ -205,6 +224,18 @@ def _start(spec, spec_path, info, work_dir, ex, executor, gpus_per_job, env, con
     return job
 
 
+def _trunk_failed(info, trunk, console, i, tag):
+    """A variant whose shared trunk failed: recorded as failed without a job."""
+    os.makedirs(info['vdir'], exist_ok=True)
+    rec = dict(name=info['variant'].name, seed=info['seed'], hash=info['digest'],
+               config=info['variant'].config, work_dir=info['vdir'], status='failed',
+               error=f"its shared trunk failed (see {osp.join(trunk['vdir'], CONSOLE_LOG)})")
+    _write_json(osp.join(info['vdir'], RESULT_FILE), rec)
+    info['status'] = 'failed'
+    console.finished(i, ok=False)
+    console.line(f'{tag}: {_finish_text(rec)}')
+
+
 def _collect_finished(runs, active, console, tag):
     """Record the jobs that ended: the result their worker wrote, or a failure naming the
     job's state, its error and the last line of its log."""
@@ -224,6 +255,7 @@ def _collect_finished(runs, active, console, tag):
                 if exc is not None:
                     why += f': {last_line(str(exc)) or type(exc).__name__}'
             rec = _collect(info, f'{why} (job {job.job_id})')
+        info['status'] = rec.get('status') or 'failed'
         console.finished(i, ok=rec.get('status') == 'done')
         msg = f'{tag(i)}: {_finish_text(rec, time.time() - t0)}'
         if rec.get('status') != 'done':
@@ -235,6 +267,9 @@ def _summary(spec, work_dir, runs, bootstrap, ci_seed, stream):
     from .table import attach_statistics
     summary = summarize(spec, work_dir)
     failed = []
+    runs = [info for info in runs if not is_trunk(info['variant'])]
+    if spec.trunk is not None:
+        summary['trunk'] = _trunk_summary(spec, work_dir)
     for info in runs:
         rec = _read_json(osp.join(info['vdir'], RESULT_FILE)) or {}
         if rec.get('status') == 'failed':

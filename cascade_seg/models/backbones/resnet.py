@@ -1,16 +1,12 @@
 """ResNet backbone (torchvision parameter names) with frozen stages, norm_eval and plugins."""
-import logging
-import os
 
-import torch
 import torch.utils.checkpoint as cp
 from torch import nn
 
 from cascade_seg.registry import MODELS
 
 from ..layers import build_norm_layer, build_plugin
-
-logger = logging.getLogger(__name__)
+from .base import StagedBackbone, load_local_state_dict  # noqa: F401 (re-exported)
 
 PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
 
@@ -131,27 +127,8 @@ def stage_plugins(plugins, stage_idx):
     return out
 
 
-def load_local_state_dict(path, prefix='backbone.'):
-    """Read a local checkpoint (raw state dict or ``{'state_dict'|'model': ...}``).
-
-    If any key starts with ``prefix``, only those keys are kept, with the prefix removed;
-    a DataParallel ``module.`` prefix is dropped too.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'pretrained checkpoint not found: {path} (no downloads here)')
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    for key in ('state_dict', 'model'):
-        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
-            ckpt = ckpt[key]
-            break
-    state = {k[7:] if k.startswith('module.') else k: v for k, v in ckpt.items()}
-    if prefix and any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
-
-
 @MODELS.register_module()
-class ResNet(nn.Module):
+class ResNet(StagedBackbone):
     """ResNet returning the outputs of the stages in ``out_indices`` (C2..C5: strides 4..32).
 
     Args:
@@ -236,35 +213,11 @@ class ResNet(nn.Module):
                 if last is not None and isinstance(getattr(last, 'weight', None), nn.Parameter):
                     nn.init.zeros_(last.weight)
 
-    def init_weights(self):
-        """Load ``init_cfg``'s local pretrained checkpoint, if one is configured."""
-        cfg = self.init_cfg
-        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
-            return
-        state = load_local_state_dict(cfg['checkpoint'], cfg.get('prefix') or 'backbone.')
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        unexpected = [k for k in unexpected if not k.startswith('fc.')]
-        if missing or unexpected:
-            logger.warning('ResNet pretrained load from %s: missing keys %s, unexpected keys %s',
-                           cfg['checkpoint'], missing, unexpected)
-        self._freeze_stages()
+    ignored_keys = ('fc.', )  # the ImageNet classifier
 
-    def _freeze_stages(self):
-        frozen = [] if self.frozen_stages < 0 else [self.conv1, self.bn1]
-        frozen += [getattr(self, f'layer{i}') for i in range(1, self.frozen_stages + 1)]
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+    def frozen_modules(self):
+        stem = [] if self.frozen_stages < 0 else [self.conv1, self.bn1]
+        return stem + [getattr(self, f'layer{i}') for i in range(1, self.frozen_stages + 1)]
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -1,6 +1,5 @@
 """VoVNetV2 (CenterMask, arXiv 1911.06667): one-shot aggregation (OSA) modules with an identity
 path and effective squeeze-excitation (eSE), in the V-39 / V-57 / V-99 layouts."""
-import logging
 
 import torch
 import torch.nn.functional as F
@@ -9,9 +8,7 @@ from torch import nn
 from cascade_seg.registry import MODELS
 
 from ..layers import ConvModule
-from .resnet import load_local_state_dict
-
-logger = logging.getLogger(__name__)
+from .base import StagedBackbone
 
 
 class ESE(nn.Module):
@@ -58,7 +55,7 @@ class OSAModule(nn.Module):
 
 
 @MODELS.register_module()
-class VoVNet(nn.Module):
+class VoVNet(StagedBackbone):
     """VoVNetV2: a stem of three conv3x3 (strides 2, 1, 2) and four stages of OSA modules
     (stage 2 at stride 4; stages 3..5 start with a 3x3 stride-2 max pool, ceil mode).
 
@@ -121,34 +118,9 @@ class VoVNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def init_weights(self):
-        """Load ``init_cfg``'s local pretrained checkpoint (cascade_seg names), if any."""
-        cfg = self.init_cfg
-        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
-            return
-        state = load_local_state_dict(cfg['checkpoint'], cfg.get('prefix') or 'backbone.')
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            logger.warning('VoVNet pretrained load from %s: missing keys %s, unexpected keys %s',
-                           cfg['checkpoint'], missing, unexpected)
-        self._freeze_stages()
-
-    def _freeze_stages(self):
-        frozen = [] if self.frozen_stages < 0 else [self.stem]
-        frozen += list(self.stages[:max(self.frozen_stages, 0)])
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+    def frozen_modules(self):
+        stem = [] if self.frozen_stages < 0 else [self.stem]
+        return stem + list(self.stages[:max(self.frozen_stages, 0)])
 
     def forward(self, x):
         x = self.stem(x)
