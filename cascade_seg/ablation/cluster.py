@@ -17,9 +17,10 @@ import sys
 import time
 
 from .progress import JobConsole, planned_length
-from .runner import (CONSOLE_LOG, RESULT_FILE, SUMMARY_FILE, _clean_stale, _collect,
-                     _finish_text, _log, _read_json, _trunk_summary, _worker_cmd, _worker_threads,
-                     _write_json, is_trunk, last_line, prepare_run, run_one, summarize)
+from .runner import (CONSOLE_LOG, RESULT_FILE, _clean_stale, _collect, _finish_text,
+                     _read_json, _trunk_summary, _worker_cmd, _worker_threads,
+                     _write_json, is_trunk, last_line, prepare_run, run_one, summarize,
+                     write_summary_with_statistics)
 from .spec import load_spec
 
 __all__ = ['EXECUTORS', 'run_spec_submitit', 'JOB_FILE']
@@ -264,7 +265,6 @@ def _collect_finished(runs, active, console, tag):
 
 
 def _summary(spec, work_dir, runs, bootstrap, ci_seed, stream):
-    from .table import attach_statistics
     summary = summarize(spec, work_dir)
     failed = []
     runs = [info for info in runs if not is_trunk(info['variant'])]
@@ -277,12 +277,5 @@ def _summary(spec, work_dir, runs, bootstrap, ci_seed, stream):
                                error=last_line(rec.get('error'))))
     summary['job'] = dict(runs=[dict(name=r['variant'].name, seed=r['seed']) for r in runs],
                           failed=failed)
-    start = time.time()
-    attach_statistics(summary, root=work_dir, num_replicates=bootstrap, seed=ci_seed)
-    st = summary.get('statistics') or {}
-    if st.get('variants'):
-        _log(f"statistics: paired bootstrap over {st['settings'].get('num_images')} "
-             f"validation images, B={st['settings']['replicates']} "
-             f"({time.time() - start:.1f} s)", stream)
-    _write_json(osp.join(work_dir, SUMMARY_FILE), summary)
+    write_summary_with_statistics(summary, work_dir, bootstrap, ci_seed, stream)
     return summary

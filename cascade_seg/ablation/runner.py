@@ -503,16 +503,22 @@ def run_spec(spec_path, work_dir, jobs=1, launcher='none', only=None, seeds=None
     if spec.trunk is not None:
         summary['trunk'] = _trunk_summary(spec, work_dir)
     if write_summary and _is_main_process():
-        from .table import attach_statistics
-        start = time.time()
-        attach_statistics(summary, root=work_dir, num_replicates=bootstrap, seed=ci_seed)
-        st = summary.get('statistics') or {}
-        if st.get('variants'):
-            _log(f"statistics: paired bootstrap over {st['settings'].get('num_images')} "
-                 f"validation images, B={st['settings']['replicates']} "
-                 f"({time.time() - start:.1f} s)", stream)
-        _write_json(osp.join(work_dir, SUMMARY_FILE), summary)
+        write_summary_with_statistics(summary, work_dir, bootstrap, ci_seed, stream)
     return summary
+
+
+def write_summary_with_statistics(summary, work_dir, bootstrap, ci_seed, stream=None):
+    """Add the table's bootstrap statistics to ``summary``, say so on the console, and
+    write it as ``work_dir/results.json``."""
+    from .table import attach_statistics
+    start = time.time()
+    attach_statistics(summary, root=work_dir, num_replicates=bootstrap, seed=ci_seed)
+    st = summary.get('statistics') or {}
+    if st.get('variants'):
+        _log(f"statistics: paired bootstrap over {st['settings'].get('num_images')} "
+             f"validation images, B={st['settings']['replicates']} "
+             f"({time.time() - start:.1f} s)", stream)
+    _write_json(osp.join(work_dir, SUMMARY_FILE), summary)
 
 
 def _trunk_summary(spec, work_dir):
