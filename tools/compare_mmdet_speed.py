@@ -237,13 +237,9 @@ def main(argv=None):
                          '(--ref-python, $MMDET_REF_PY; bash ../shared/mmdet_ref/setup.sh '
                          'builds one)')
 
-    import torch
-
-    from cascade_seg.engine.benchmark import cpu_description
-    header = (f'CPU: {cpu_description()}; {args.threads} threads per side; torch '
-              f'{torch.__version__}; {args.size}x{args.size} random image, score_thr 0, warmup '
-              f'{args.warmup}, median of {args.runs} runs x {args.rounds} round(s) (ratios: '
-              'median of the per-round ratios); same weights on both sides')
+    from cascade_seg.engine.benchmark import side_by_side_header
+    header = side_by_side_header(args.threads, args.size, args.warmup, args.runs, args.rounds,
+                                 ' (ratios: median of the per-round ratios)')
     print(header, flush=True)
     tmp = args.work_dir or tempfile.mkdtemp(prefix='compare_mmdet_')
     os.makedirs(tmp, exist_ok=True)

@@ -41,7 +41,7 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cascade_seg.engine.benchmark import (cpu_description, match_detections,  # noqa: E402
+from cascade_seg.engine.benchmark import (match_detections, side_by_side_header,  # noqa: E402
                                           paired_ratio, pool_rounds, run_measured,
                                           synthetic_batch)
 
@@ -227,10 +227,8 @@ def main(argv=None):
     if args.quick:
         args.img_size, args.warmup, args.runs, args.rounds = 128, 0, 1, 1
 
-    header = (f'CPU: {cpu_description()}; {args.threads} threads per side; torch '
-              f'{torch.__version__}; {args.img_size}x{args.img_size} random image, score '
-              f'threshold 0, warmup {args.warmup}, median of {args.runs} runs x {args.rounds} '
-              'round(s); same weights on both sides')
+    header = side_by_side_header(args.threads, args.img_size, args.warmup, args.runs,
+                                 args.rounds)
     print(header, flush=True)
     tmp = args.work_dir or tempfile.mkdtemp(prefix='compare_tv_')
     os.makedirs(tmp, exist_ok=True)

@@ -274,6 +274,14 @@ def cpu_description():
     return f'{name or platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs'
 
 
+def side_by_side_header(threads, size, warmup, runs, rounds, pooling=''):
+    """The first line of a side-by-side speed comparison: the machine and how it was timed."""
+    import torch
+    return (f'CPU: {cpu_description()}; {threads} threads per side; torch {torch.__version__}; '
+            f'{size}x{size} random image, score threshold 0, warmup {warmup}, median of {runs} '
+            f'runs x {rounds} round(s){pooling}; same weights on both sides')
+
+
 def _anon_mb(pid):
     try:
         with open(f'/proc/{pid}/status') as f:
