@@ -25,6 +25,7 @@ from cascade_seg.datasets import CocoDataset
 from cascade_seg.engine.hooks import SavePredictionImagesHook
 from cascade_seg.evaluation import CocoMetric
 from cascade_seg.structures import DetDataSample
+from tests.test_tools import _tool  # loads tools/<name>.py as a module
 
 torch.set_num_threads(1)
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -325,15 +326,6 @@ def checkpoints(tmp_path_factory):
     torch.save(dict(state_dict=state, meta={}), paths.nan)
     torch.save(dict(state_dict=init_detector(HTC_CONFIG).state_dict(), meta={}), paths.htc)
     return paths
-
-
-def _tool(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', osp.join(REPO, 'tools',
-                                                                           f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_test_py_refuses_a_checkpoint_that_does_not_fit(synthetic, checkpoints, tmp_path):

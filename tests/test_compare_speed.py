@@ -2,23 +2,15 @@
 tiny image, one run): same weights on both sides (fp32 detections match), both precisions,
 both tasks, a peak RSS per subprocess. The MMDetection one needs the reference interpreter:
 skipped without it, except under CI (``CI=true``), as the parity tests."""
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
 
 from parity_utils import REPO, mmdet_python_or_skip
+from tests.test_tools import _tool  # loads tools/<name>.py as a module
 
 pytestmark = pytest.mark.slow
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_compare_mmdet_speed_quick(tmp_path):

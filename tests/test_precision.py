@@ -2,7 +2,6 @@
 the inference API, the benchmark and ablation specs; the float32 islands really run in float32
 under bfloat16 autocast; a bf16 run of a small model trains."""
 import copy
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -12,20 +11,13 @@ from mmengine.config import Config
 import cascade_seg.models  # noqa: F401  (registers the modules)
 from cascade_seg.engine import precision as prec
 from cascade_seg.engine.benchmark import build_benchmark_model, synthetic_batch
+from tests.test_tools import _tool  # loads tools/<name>.py as a module
 
 torch.set_num_threads(1)
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MASK_RCNN = osp.join(REPO, 'configs/mask_rcnn/mask-rcnn_r18_fpn_synthetic.py')
 HTC = osp.join(REPO, 'configs/htc/htc_r18_fpn_synthetic.py')
 CENTERMASK = osp.join(REPO, 'configs/centermask/centermask_r18_fpn_synthetic.py')
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
