@@ -315,7 +315,8 @@ def _free_port():
 def test_two_process_cpu_training_in_lockstep(tmp_path):
     script = tmp_path / 'ddp.py'
     script.write_text(DIST_SCRIPT.format(tests=osp.join(REPO, 'tests'), work_dir=str(tmp_path)))
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    # TMPDIR inside tmp_path: torchrun's per-run torchelastic_* folder goes away with the test.
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO, TMPDIR=str(tmp_path))
     env.pop('CUDA_VISIBLE_DEVICES', None)
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc_per_node=2',
