@@ -71,6 +71,34 @@ def test_threaded_forward_is_bit_exact():
     assert torch.equal(out, tv_roi_align(feat, rois, (7, 7), 0.5, 0, True))
 
 
+def test_threaded_forward_in_small_chunks_is_bit_exact(monkeypatch):
+    # chunks of 16 RoIs (the minimum), more chunks than threads, the last one partial
+    monkeypatch.setattr(ra, 'FORWARD_CHUNK_ELEMS', 1)
+    feat = torch.randn(2, 8, 40, 40)
+    rois = _rois(101, 40, 40, 0.5, seed=6, images=2)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = ra.roi_align_forward_threads(feat, rois, (5, 3), 0.5, 2, False)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(out, tv_roi_align(feat, rois, (5, 3), 0.5, 2, False))
+
+
+def test_map_threads_keeps_order_and_bounds_its_threads():
+    import threading
+    seen = set()
+
+    def fn(i):
+        seen.add(threading.get_ident())
+        return i * i
+    items = list(range(50))
+    assert ra.map_threads(fn, items, threads=3) == [i * i for i in items]
+    assert len(seen) <= 3  # the calling thread and at most two helpers
+    with pytest.raises(ZeroDivisionError):  # an error in any item reaches the caller
+        ra.map_threads(lambda i: 1 // (i - 7), items, threads=3)
+
+
 def test_images_without_rois_and_no_rois():
     feat = torch.randn(2, 4, 8, 8, requires_grad=True)
     out = ra.roi_align(feat, torch.zeros(0, 5), (7, 7), 0.5)

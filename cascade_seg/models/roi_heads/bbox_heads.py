@@ -99,8 +99,7 @@ def class_wise_nms(boxes, scores, labels, iou_threshold):
     order = torch.sort(labels, stable=True).indices
     groups = [idx for idx in order.split(torch.bincount(labels).tolist()) if idx.numel()]
     classes = [(boxes[idx], scores[idx]) for idx in groups]
-    kept = map_threads(lambda c: nms(c[0], c[1], iou_threshold), classes) \
-        if torch.get_num_threads() > 1 else [nms(b, s, iou_threshold) for b, s in classes]
+    kept = map_threads(lambda c: nms(c[0], c[1], iou_threshold), classes)
     keep = torch.cat([idx[k] for idx, k in zip(groups, kept)]).sort().values  # as torchvision:
     return keep[scores[keep].sort(descending=True)[1]]  # ascending indices, then by score
 
