@@ -10,6 +10,7 @@ from torch import nn
 
 from cascade_seg.registry import MODELS
 
+from ..fast_linear import Linear
 from .all_level_roi_extractor import LEVEL_FUSIONS, check_level_input, fuse_levels
 from .bbox_heads import ConvFCBBoxHead
 
@@ -38,7 +39,7 @@ class AFPShared2FCBBoxHead(ConvFCBBoxHead):
         self.num_levels, self.fusion = num_levels, fusion
         self.in_channels, self.roi_feat_size = in_channels, roi_feat_size
         self.level_fcs = nn.ModuleList(
-            nn.Linear(in_channels * roi_feat_size ** 2, fc_out_channels)
+            Linear(in_channels * roi_feat_size ** 2, fc_out_channels)
             for _ in range(num_levels))
         for fc in self.level_fcs:
             nn.init.xavier_uniform_(fc.weight)

@@ -13,6 +13,7 @@ from cascade_seg.registry import MODELS, TASK_UTILS
 
 from cascade_seg.engine.precision import float32_call
 
+from ..fast_linear import Linear
 from ..layers import ConvModule
 from ..losses import accuracy
 from .roi_align import map_threads
@@ -166,7 +167,7 @@ class ConvFCBBoxHead(nn.Module):
         dim = (conv_out_channels if num_shared_convs else in_channels) * roi_feat_size ** 2
         self.shared_fcs = nn.ModuleList()
         for _ in range(num_shared_fcs):
-            self.shared_fcs.append(nn.Linear(dim, fc_out_channels))
+            self.shared_fcs.append(Linear(dim, fc_out_channels))
             dim = fc_out_channels
         self.fc_cls = nn.Linear(dim, num_classes + 1)
         self.fc_reg = nn.Linear(dim, 4 if reg_class_agnostic else 4 * num_classes)

@@ -16,6 +16,7 @@ from torch import nn
 
 from cascade_seg.registry import MODELS
 
+from ..fast_linear import Linear
 from ..layers import ConvModule, cpu_conv_layout
 from .afp_mask_head import AFPFCNMaskHead
 
@@ -70,7 +71,7 @@ class FFMaskHead(AFPFCNMaskHead):
             ConvModule(conv_out_channels if i == 0 else widths[i - 1], w, conv_kernel_size,
                        padding=(conv_kernel_size - 1) // 2, conv_cfg=conv_cfg, norm_cfg=norm_cfg)
             for i, w in enumerate(widths))
-        self.ff_fc = nn.Linear(last * roi_feat_size ** 2, self.mask_size ** 2)
+        self.ff_fc = Linear(last * roi_feat_size ** 2, self.mask_size ** 2)
         # near zero at the start, like MLPMaskHead's fc_logits: the head begins as the FCN
         nn.init.normal_(self.ff_fc.weight, std=0.001)
         nn.init.zeros_(self.ff_fc.bias)

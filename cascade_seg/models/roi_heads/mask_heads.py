@@ -12,6 +12,7 @@ from torch import nn
 
 from cascade_seg.registry import MODELS
 
+from ..fast_linear import Linear
 from ..layers import ConvModule, cpu_conv_layout
 from ..losses import mask_softmax_loss
 
@@ -158,8 +159,8 @@ class MLPMaskHead(_MaskPredictor):
         self.with_conv_res = False
         self.mask_size = mask_size
         dims = [in_channels * roi_feat_size ** 2] + [fc_out_channels] * num_fcs
-        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.fc_logits = nn.Linear(dims[-1], self.num_logits * mask_size ** 2)
+        self.fcs = nn.ModuleList(Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.fc_logits = Linear(dims[-1], self.num_logits * mask_size ** 2)
         for fc in self.fcs:
             nn.init.kaiming_uniform_(fc.weight, a=1)
             nn.init.zeros_(fc.bias)

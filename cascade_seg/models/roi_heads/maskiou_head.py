@@ -6,6 +6,7 @@ from torch import nn
 
 from cascade_seg.registry import MODELS
 
+from ..fast_linear import Linear
 from ..layers import ConvModule
 
 
@@ -33,7 +34,7 @@ class MaskIoUHead(nn.Module):
             for i in range(num_convs))
         pooled = (roi_feat_size - 1) // 2 + 1
         dims = [conv_out_channels * pooled ** 2] + [fc_out_channels] * num_fcs
-        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.fcs = nn.ModuleList(Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.fc_mask_iou = nn.Linear(dims[-1], num_classes)
         for fc in self.fcs:
             nn.init.kaiming_normal_(fc.weight, mode='fan_out', nonlinearity='relu')
