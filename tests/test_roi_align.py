@@ -140,6 +140,21 @@ def test_extractor_training_path_matches_inference_path():
     assert torch.equal(train_out, test_out)
 
 
+def test_extractor_keeps_levels_without_rois_in_the_graph():
+    # DDP without find_unused_parameters needs a (zero) gradient for every level's convs
+    ext = SingleRoIExtractor(dict(type='RoIAlign', output_size=7, sampling_ratio=0, aligned=True),
+                             out_channels=4, featmap_strides=[4, 8, 16]).train()
+    feats = [torch.randn(1, 4, s, s, requires_grad=True) for s in (32, 16, 8)]
+    rois = torch.tensor([[0., 2., 2., 20., 24.], [0., 5., 9., 12., 20.]])  # all on level 0
+    out = ext(feats, rois)
+    with torch.no_grad():
+        assert torch.equal(out, ext(feats, rois))  # the zero term changes no value
+    (out * torch.randn_like(out)).sum().backward()
+    assert feats[0].grad.abs().sum() > 0
+    for f in feats[1:]:
+        assert f.grad is not None and torch.count_nonzero(f.grad) == 0
+
+
 @pytest.mark.parametrize('mean', [(1, 1), (2, 2), (2, 1)])
 @pytest.mark.parametrize('sampling_ratio,aligned', [(0, True), (2, False)])
 def test_window_mean_matches_roi_align_then_pooling(mean, sampling_ratio, aligned):

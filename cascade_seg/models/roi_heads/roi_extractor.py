@@ -134,6 +134,7 @@ class SingleRoIExtractor(nn.Module):
         # every RoI gets a level (the rules clamp), so every row is written
         out = ref.new_empty((rois.size(0), ref.size(1), *self.output_size))
         target_lvls = self.map_roi_levels(rois, num_levels, img_shapes)
+        unused = []
         for lvl, feat in enumerate(feats):
             inds = torch.nonzero(target_lvls == lvl, as_tuple=True)[0]
             if inds.numel() > 0:
@@ -144,6 +145,9 @@ class SingleRoIExtractor(nn.Module):
                     pooled = pooled + contexts[lvl][img_inds][:, :, None, None]
                 out[inds] = pooled.to(out.dtype)
             elif self.training:
-                # Keep every level in the autograd graph (DDP without find_unused_parameters).
-                out = out + feat.sum() * 0.
+                unused.append(feat)
+        if unused:
+            # Keep every level in the autograd graph (DDP without find_unused_parameters),
+            # through one element rather than a copy of the whole output.
+            out[:1, :1, :1, :1] += sum(feat.sum() for feat in unused) * 0.
         return out
