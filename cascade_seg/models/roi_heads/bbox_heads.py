@@ -187,7 +187,7 @@ class ConvFCBBoxHead(nn.Module):
             x = conv(x)
         x = x.flatten(1)
         for fc in self.shared_fcs:
-            x = F.relu(fc(x))
+            x = F.relu(fc(x), inplace=True)  # a linear's backward does not need its output
         return self.predict_logits(x)
 
     def predict_logits(self, x):
