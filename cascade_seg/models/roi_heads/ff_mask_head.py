@@ -89,7 +89,7 @@ class FFMaskHead(AFPFCNMaskHead):
         if self.upsample is not None:
             x = self.upsample(x)
             if self.upsample_method == 'deconv':
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)  # as FCNMaskHead
         logits = self.conv_logits(x)
         logits = logits + self.fused_fc(branch_in).to(logits.dtype)
         return (logits, feat) if return_feat else logits

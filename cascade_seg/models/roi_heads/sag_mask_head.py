@@ -50,6 +50,6 @@ class SAGMaskHead(FCNMaskHead):
         if self.upsample is not None:
             x = self.upsample(x)
             if self.upsample_method == 'deconv':
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)  # as FCNMaskHead
         logits = self.conv_logits(x)
         return (logits, feat) if return_feat else logits
