@@ -172,6 +172,23 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert sb['param_groups'][0]['lr'] == pytest.approx(0.005)  # lr 0.05 after MultiStepLR at 4
 
 
+def test_runners_built_in_one_second_keep_their_own_work_dirs(tmp_path, monkeypatch):
+    # mmengine keys the logger, message hub and visualizer by experiment name + timestamp to
+    # the second; two runners of one config in one second must not share them
+    import time as time_module
+    monkeypatch.setattr(time_module, 'time', lambda: 1.8e9)  # the same second for both
+    runners = [build_runner(toy_cfg(str(tmp_path / d), 'same', max_iters=1)) for d in 'ab']
+    names = [r.experiment_name for r in runners]
+    assert len(set(names)) == 2
+    for r, d in zip(runners, 'ab'):
+        assert r.visualizer.instance_name == r.experiment_name
+        assert r.logger.instance_name == r.experiment_name
+        vis_dirs = [b._save_dir for b in r.visualizer._vis_backends.values()]
+        assert vis_dirs and all(v.startswith(str(tmp_path / d)) for v in vis_dirs)
+        log_files = [h.baseFilename for h in r.logger.handlers if hasattr(h, 'baseFilename')]
+        assert log_files and all(f.startswith(str(tmp_path / d)) for f in log_files)
+
+
 def test_checkpoint_loads_with_weights_only_and_minimal_allow_list(tmp_path):
     runner = build_runner(toy_cfg(str(tmp_path), 'wo', max_iters=3))
     runner.train()

@@ -2,6 +2,7 @@
 import copy
 import difflib
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ _OTHER_READ_KEYS = {'sync_bn', 'find_unused_parameters', 'model_wrapper_cfg', 'g
 _CONFIG_VARIABLES = {'train_pipeline', 'test_pipeline', 'val_pipeline', 'data_root',
                      'dataset_type', 'backend_args', 'metainfo', 'classes', 'img_scales'}
 _MISSING = object()
+# Runners built in this process (see unique_experiment_name).
+_RUNNERS_BUILT = itertools.count(1)
 
 
 def _runner_keys():
@@ -347,6 +350,21 @@ def add_custom_hook(cfg, hook):
     return cfg
 
 
+def unique_experiment_name(cfg):
+    """Give the second and later Runners of a process an experiment name of their own.
+
+    mmengine names the Runner's logger, message hub, default scope and visualizer
+    ``<experiment_name or config stem>_<timestamp to the second>`` and reuses an existing
+    instance of that name. Two Runners built in one second from the same config (an ablation
+    sweep, a test session) would share them: the second logs and dumps its config into the
+    first one's work_dir."""
+    n = next(_RUNNERS_BUILT)
+    if n > 1:
+        stem = osp.splitext(osp.basename(cfg.filename))[0] if cfg.filename else 'run'
+        cfg.experiment_name = f"{cfg.get('experiment_name') or stem}_{n}"
+    return cfg
+
+
 def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False,
                  launcher='none', seed=None, load_from=None, strict_load=False,
                  auto_scale_lr=False, precision=None):
@@ -386,6 +404,7 @@ def build_runner(config, work_dir=None, cfg_options=None, resume=None, amp=False
     # 2-3 s per dump for a cascade config on one CPU core. The unformatted text is the same
     # valid Python config (tools/print_config.py prints it formatted).
     object.__setattr__(cfg, '_format_python_code', False)
+    unique_experiment_name(cfg)
     runner = Runner.from_cfg(cfg)
     set_inference_precision(runner.model, eval_precision)  # a TTA wrapper's `module` too
     return runner
