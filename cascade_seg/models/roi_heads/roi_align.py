@@ -57,33 +57,21 @@ if hasattr(os, 'register_at_fork'):  # a forked child has none of the parent's t
     os.register_at_fork(after_in_child=_reset_pool)
 
 
-def _one_intra_op_thread():
-    torch.set_num_threads(1)
-
-
 def thread_pool(workers):
-    """A process-wide thread pool with at least ``workers`` threads, each running torch ops
-    on one intra-op thread.
+    """A process-wide thread pool with at least ``workers`` threads.
 
-    A Python thread that runs a parallel op (a large zero-fill or copy) starts an OpenMP
-    team of its own; its threads then compete for the cores with the main thread's team and
-    spin after every region: a Mask R-CNN train step at 2 threads took ~1.08 s with such
-    workers and ~0.96 s without. ``torch.set_num_threads(1)`` in a worker also sets the count
-    new threads start with, so the pool starts all its threads at once and the caller's count
-    is set again afterwards."""
+    Its threads keep torch's default intra-op count: each starts an OpenMP team of its own
+    for parallel ops (the kernel's zero-filled output, the copy into the result). At
+    inference that measured faster than helpers limited to one thread (Cascade Mask R-CNN,
+    2 threads: 1.71 against 1.80 s); in a train step the threaded forward lost either way and
+    is not used (``_RoIAlignFunction``)."""
     global _pool, _pool_size
     with _pool_lock:
         if _pool is None or _pool_size < workers:
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            threads = torch.get_num_threads()
-            pool = ThreadPoolExecutor(workers, thread_name_prefix='cascade_seg',
-                                      initializer=_one_intra_op_thread)
-            started = threading.Barrier(workers)
-            for f in [pool.submit(started.wait) for _ in range(workers)]:
-                f.result()
-            torch.set_num_threads(threads)
-            _pool, _pool_size = pool, workers
+            _pool, _pool_size = ThreadPoolExecutor(workers, thread_name_prefix='cascade_seg'), \
+                workers
         return _pool
 
 
@@ -394,8 +382,8 @@ class _RoIAlignFunction(torch.autograd.Function):
         ctx.save_for_backward(rois)
         ctx.params = (tuple(feat.shape), spatial_scale, sampling_ratio, aligned)
         # One thread: in a train step (512 RoIs an image) the threaded forward gained less
-        # than it cost, ~80 ms slower for Mask R-CNN at 2 threads (the main thread's idle
-        # OpenMP team spins on the core the helper needs); inference keeps it.
+        # than it cost (Mask R-CNN at 2 threads: ~1.05 s a step with it, ~0.96 s without; with
+        # single-threaded helpers about even), while inference gains from it.
         P, Q = output_size
         return torch.ops.torchvision.roi_align(feat, rois, spatial_scale, P, Q, sampling_ratio,
                                                aligned)
