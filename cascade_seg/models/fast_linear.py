@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import is_tracing
+
 __all__ = ['Linear', 'linear', 'onednn_linear_enabled']
 
 
@@ -68,8 +70,7 @@ class _OneDNNLinear(torch.autograd.Function):
 def _use_onednn(x, weight):
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not torch.is_autocast_enabled('cpu') and onednn_linear_enabled()
-            and not (torch.jit.is_scripting() or torch.jit.is_tracing()
-                     or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()))
+            and not (torch.jit.is_scripting() or is_tracing()))
 
 
 def linear(x, weight, bias=None):

@@ -67,6 +67,13 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
+def is_tracing():
+    """Traced, exported or compiled: take the plain ops (no threads, no custom autograd
+    functions, which have no ONNX form)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or \
+        torch.compiler.is_compiling()
+
+
 def build_norm_layer(cfg, num_features, postfix=''):
     """Build a norm layer from ``dict(type='BN'|'SyncBN'|'FrozenBN'|'GN', requires_grad, ...)``.
 

@@ -35,8 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
+from ..layers import is_tracing
+
 __all__ = ['roi_align', 'roi_align_separable', 'roi_align_window_mean', 'axis_weights',
-           'roi_align_forward_threads', 'roi_align_backward_windows', 'WindowPlan', 'is_tracing']
+           'roi_align_forward_threads', 'roi_align_backward_windows', 'WindowPlan']
 
 # Work buffer of one backward chunk, in elements (the window gradients of its RoIs).
 CHUNK_ELEMS = 1 << 23
@@ -73,13 +75,6 @@ def thread_pool(workers):
             _pool, _pool_size = ThreadPoolExecutor(workers, thread_name_prefix='cascade_seg'), \
                 workers
         return _pool
-
-
-def is_tracing():
-    """Traced, exported or compiled: take the plain ops (no threads, no custom autograd
-    functions, which have no ONNX form)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or \
-        torch.compiler.is_compiling()
 
 
 def map_threads(fn, items, threads=None):

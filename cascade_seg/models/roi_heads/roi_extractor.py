@@ -6,8 +6,9 @@ from torchvision.ops import RoIPool
 
 from cascade_seg.registry import MODELS
 
+from ..layers import is_tracing
 from .level_mapping import build_level_mapping
-from .roi_align import is_tracing, roi_align, roi_align_window_mean
+from .roi_align import roi_align, roi_align_window_mean
 
 
 def map_roi_levels(rois, num_levels, finest_scale=56, mode='mmdet', finest_stride=4):
