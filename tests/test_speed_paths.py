@@ -4,7 +4,8 @@ import torch
 from torchvision.ops import batched_nms
 
 import cascade_seg.models  # noqa: F401  (registers everything)
-from cascade_seg.models.roi_heads.bbox_heads import class_wise_nms, postprocess_detections
+from cascade_seg.models.roi_heads.bbox_heads import (class_wise_nms, postprocess_detections,
+                                                     top_class_wise_nms)
 from cascade_seg.models.task_utils import paste_masks
 from cascade_seg.registry import MODELS
 
@@ -47,6 +48,31 @@ def test_class_wise_nms_on_threads_equals_batched_nms():
     finally:
         torch.set_num_threads(old)
     assert torch.equal(keep, batched_nms(b, s, labels, 0.5))
+
+
+def test_top_class_wise_nms_equals_the_full_nms_cut():
+    for ties in (False, True):
+        boxes, scores = _random_dets(400, 10, seed=4, ties=ties)
+        b, s = boxes.view(-1, 4), scores[:, :-1].reshape(-1)
+        labels = torch.arange(10).repeat(400)
+        full = batched_nms(b, s, labels, 0.5)
+        for k, first in ((100, None), (100, 50), (30, 40), (full.numel() + 5, 100)):
+            # first < k and few survivors in a small prefix: the prefix has to grow
+            keep = top_class_wise_nms(b, s, labels, 0.5, k, first=first)
+            ref = full[:k]
+            if not ties:
+                assert torch.equal(keep, ref), (k, first)
+                continue
+            # equal scores: the same scores in order, the same boxes above the last score
+            # (torchvision orders equal scores by an unstable sort of what it is given)
+            assert torch.equal(s[keep], s[ref]), (k, first)
+            last = s[ref[-1]]
+            assert set(keep[s[keep] > last].tolist()) == set(ref[s[ref] > last].tolist())
+    # heavy overlap: almost everything is suppressed, the prefix grows to the whole set
+    b = torch.tensor([[0., 0., 10., 10.]]).repeat(3000, 1) + torch.rand(3000, 1)
+    s, labels = torch.rand(3000), torch.zeros(3000, dtype=torch.long)
+    assert torch.equal(top_class_wise_nms(b, s, labels, 0.5, 100),
+                       batched_nms(b, s, labels, 0.5)[:100])
 
 
 def test_postprocess_detections_unchanged_on_many_classes():
