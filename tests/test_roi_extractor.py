@@ -60,6 +60,32 @@ def test_roi_align_matches_direct_call_on_the_mapped_level():
         torch.testing.assert_close(out[i:i + 1], expected)
 
 
+def test_inference_pools_straight_into_the_output_on_threads():
+    # many RoIs on every level, two threads: chunks are written to their rows of the output
+    ext = MODELS.build(dict(type='SingleRoIExtractor', out_channels=3, featmap_strides=STRIDES,
+                            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0)))
+    feats = _feats()
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(400, 2, generator=g) * 80
+    side = torch.tensor([40., 160., 320., 640.]).repeat_interleave(100)[:, None]
+    wh = side * (0.8 + 0.4 * torch.rand(400, 2, generator=g))
+    rois = torch.cat([torch.randint(0, 2, (400, 1), generator=g).float(), xy, xy + wh], 1)
+    levels = map_roi_levels(rois, 4)
+    assert all((levels == lvl).sum() >= 64 for lvl in range(4))  # threaded on every level
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            out = ext(feats, rois)
+    finally:
+        torch.set_num_threads(old)
+    for lvl in range(4):
+        rows = torch.nonzero(levels == lvl, as_tuple=True)[0]
+        expected = roi_align(feats[lvl], rois[rows], 7, spatial_scale=1 / STRIDES[lvl],
+                             sampling_ratio=0, aligned=True)
+        torch.testing.assert_close(out[rows], expected)
+
+
 def test_roi_pool_path_and_tuple_output_size():
     ext = SingleRoIExtractor(dict(type='RoIPool', output_size=(3, 5)), 3, STRIDES)
     feats = _feats()

@@ -309,26 +309,37 @@ def roi_align_backward_windows(grad_output, rois, feat_shape, spatial_scale, sam
     return plan.backward(grad_output)
 
 
-def roi_align_forward_threads(feat, rois, output_size, spatial_scale, sampling_ratio, aligned):
+def roi_align_forward_threads(feat, rois, output_size, spatial_scale, sampling_ratio, aligned,
+                              out=None, rows=None):
     """torchvision's CPU RoIAlign forward with the RoIs split over the intra-op threads.
 
     The RoIs go in chunks of at most ``FORWARD_CHUNK_ELEMS`` output elements (and at least
     ``MIN_ROIS_PER_THREAD`` RoIs), each written into the one output as soon as it is pooled:
-    the transient memory is a chunk per thread, not a second copy of the output."""
+    the transient memory is a chunk per thread, not a second copy of the output. With ``out``
+    and ``rows`` the chunks go to ``out[rows]`` (a multi-level extractor's output, without a
+    per-level map in between) and ``out`` is returned."""
     P, Q = output_size
     K = rois.shape[0]
     n = min(torch.get_num_threads(), K // MIN_ROIS_PER_THREAD)
     op = torch.ops.torchvision.roi_align
     if n <= 1 or feat.is_cuda or is_tracing():  # traced/exported: one op, whatever the RoIs
-        return op(feat, rois, spatial_scale, P, Q, sampling_ratio, aligned)
+        pooled = op(feat, rois, spatial_scale, P, Q, sampling_ratio, aligned)
+        if out is None:
+            return pooled
+        out[rows] = pooled
+        return out
     feat = feat.contiguous()
     per_roi = feat.shape[1] * P * Q
     step = max(MIN_ROIS_PER_THREAD, min(-(-K // n), FORWARD_CHUNK_ELEMS // per_roi))
-    out = feat.new_empty((K, feat.shape[1], P, Q))
+    if out is None:
+        out = feat.new_empty((K, feat.shape[1], P, Q))
 
     def pool(start):
-        out[start:start + step] = op(feat, rois[start:start + step], spatial_scale, P, Q,
-                                     sampling_ratio, aligned)
+        chunk = op(feat, rois[start:start + step], spatial_scale, P, Q, sampling_ratio, aligned)
+        if rows is None:
+            out[start:start + step] = chunk
+        else:
+            out.index_copy_(0, rows[start:start + step], chunk)
     map_threads(pool, list(range(0, K, step)), threads=n)
     return out
 
@@ -404,6 +415,24 @@ def roi_align_separable(feat, rois, output_size, spatial_scale=1.0, sampling_rat
     with torch.autocast(device_type=feat.device.type, enabled=False):
         return _RoIAlignFunction.apply(feat, rois.to(feat.dtype), tuple(output_size),
                                        float(spatial_scale), int(sampling_ratio), bool(aligned))
+
+
+def roi_align_into(out, rows, feat, rois, output_size, spatial_scale=1.0, sampling_ratio=0,
+                   aligned=True):
+    """``out[rows] = roi_align(feat, rois, ...)``; at CPU inference each thread's chunk goes
+    straight to its rows of ``out`` (no per-level map allocated, filled and copied again)."""
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    if (feat.requires_grad and torch.is_grad_enabled()) or feat.is_cuda or is_tracing() or \
+            out.dtype != _float(feat).dtype:
+        out[rows] = roi_align(feat, rois, output_size, spatial_scale, sampling_ratio,
+                              aligned).to(out.dtype)
+        return out
+    feat = _float(feat)
+    with torch.autocast(device_type='cpu', enabled=False):
+        return roi_align_forward_threads(feat, rois.to(feat.dtype), tuple(output_size),
+                                         float(spatial_scale), int(sampling_ratio),
+                                         bool(aligned), out=out, rows=rows)
 
 
 def roi_align(feat, rois, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True):

@@ -8,7 +8,7 @@ from cascade_seg.registry import MODELS
 
 from ..layers import is_tracing
 from .level_mapping import build_level_mapping
-from .roi_align import roi_align, roi_align_window_mean
+from .roi_align import roi_align, roi_align_into, roi_align_window_mean
 
 
 def map_roi_levels(rois, num_levels, finest_scale=56, mode='mmdet', finest_stride=4):
@@ -39,6 +39,11 @@ class RoIAlign(nn.Module):
     def forward(self, feat, rois):
         return roi_align(feat, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
                          self.aligned)
+
+    def forward_into(self, out, rows, feat, rois):
+        """``out[rows] = self(feat, rois)``, at CPU inference without the intermediate map."""
+        return roi_align_into(out, rows, feat, rois, self.output_size, self.spatial_scale,
+                              self.sampling_ratio, self.aligned)
 
     def extra_repr(self):
         return (f'output_size={self.output_size}, spatial_scale={self.spatial_scale}, '
@@ -140,7 +145,11 @@ class SingleRoIExtractor(nn.Module):
             inds = torch.nonzero(target_lvls == lvl, as_tuple=True)[0]
             if inds.numel() > 0:
                 level_rois = rois[inds]
-                pooled = self.roi_layers[lvl](feat, level_rois)
+                layer = self.roi_layers[lvl]
+                if contexts is None and isinstance(layer, RoIAlign):
+                    layer.forward_into(out, inds, feat, level_rois)
+                    continue
+                pooled = layer(feat, level_rois)
                 if contexts is not None:
                     img_inds = level_rois[:, 0].long()
                     pooled = pooled + contexts[lvl][img_inds][:, :, None, None]
