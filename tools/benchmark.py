@@ -36,6 +36,9 @@ def parse_args(argv=None):
                         "so the mask head runs on ~100 boxes); 'cfg' keeps the config's value")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--no-flops', action='store_true', help='skip the FLOP count')
+    p.add_argument('--no-fuse', action='store_true',
+                   help='inference: keep the BatchNorms (default: folded into the convolutions, '
+                        'as the inference API and tools/test.py run)')
     p.add_argument('--json', default=None, help='write the results here')
     p.add_argument('--dump-dets', default=None,
                    help="inference: save the last run's bboxes, scores and labels (torch.save)")
@@ -69,7 +72,8 @@ def main(argv=None):
                       threads=args.threads, device=args.device, warmup=args.warmup,
                       runs=args.runs, score_thr=score_thr, seed=args.seed,
                       flops=not args.no_flops, precision=precision,
-                      dets_out=args.dump_dets if task == 'inference' else None)
+                      dets_out=args.dump_dets if task == 'inference' else None,
+                      fuse=not args.no_fuse)
         print(format_result(r), flush=True)
         results.append(r)
     if args.json:

@@ -22,6 +22,10 @@ Like for like:
   the forward on both sides (ours: ``--precision bf16``, its float32 islands included;
   MMDetection: plain autocast, mmcv's float32-only ops given float32 arguments, see
   tools/mmdet_bench.py).
+- **Same inference transform.** At inference both sides fold the BatchNorms into the
+  convolutions first (ours: ``fuse_for_inference``, as tools/test.py, tools/benchmark.py and
+  the demo do; MMDetection: mmcv's ``fuse_conv_bn``, its ``--fuse-conv-bn`` option);
+  ``--no-fuse`` keeps them on both sides.
 - **Memory.** Every (side, model, task, precision) runs in a fresh subprocess; its peak RSS is
   that process's ``ru_maxrss`` (``wait4``), measured the same way for both sides. The sides
   alternate which goes first, so drifting machine load hits both alike.
@@ -91,11 +95,11 @@ def side_cmd(side, model, task, precision, args, weights, out, dets):
     if side == 'ours':
         cmd = [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), OURS[model][1],
                '--checkpoint', weights, '--task', task, '--img-size', str(args.size),
-               '--no-flops'] + common
+               '--no-flops'] + common + (['--no-fuse'] if args.no_fuse else [])
     else:
         cmd = [args.ref_python, osp.join(ROOT, 'tools', 'mmdet_bench.py'), model,
                '--ref-script', args.ref_script, '--weights', weights, '--task', task,
-               '--size', str(args.size)] + common
+               '--size', str(args.size)] + common + ([] if args.no_fuse else ['--fuse-conv-bn'])
     return cmd + (['--dump-dets', dets] if task == 'inference' else [])
 
 
@@ -224,6 +228,9 @@ def parse_args(argv=None):
                    help='keep weights, logs and raw outputs here (default: a temporary folder)')
     p.add_argument('--json', default=None, help='write all raw measurements here')
     p.add_argument('--markdown', default=None, help='write the tables here')
+    p.add_argument('--no-fuse', action='store_true',
+                   help='inference: keep the BatchNorms on both sides (default: both fold them '
+                        'into the convolutions)')
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.warmup, args.runs, args.rounds = 128, 0, 1, 1
@@ -239,7 +246,9 @@ def main(argv=None):
 
     from cascade_seg.engine.benchmark import side_by_side_header
     header = side_by_side_header(args.threads, args.size, args.warmup, args.runs, args.rounds,
-                                 ' (ratios: median of the per-round ratios)')
+                                 ' (ratios: median of the per-round ratios)') + \
+        ('; inference with the BatchNorms kept on both sides' if args.no_fuse else
+         '; inference with the BatchNorms folded into the convolutions on both sides')
     print(header, flush=True)
     tmp = args.work_dir or tempfile.mkdtemp(prefix='compare_mmdet_')
     os.makedirs(tmp, exist_ok=True)

@@ -19,6 +19,10 @@ Like for like:
   3 random GT instances.
 - **Same precision.** fp32, and bf16: ``torch.autocast('cpu', dtype=torch.bfloat16)`` around
   the forward on both sides (ours through ``--precision bf16``).
+- **Same inference transform.** At inference both sides fold the frozen BatchNorms into the
+  convolutions (ours: ``fuse_for_inference``, as tools/test.py, tools/benchmark.py and the
+  demo do; torchvision, which has no such option: the same fold applied to its ResNet by
+  :func:`fold_torchvision_norms`); ``--no-fuse`` keeps them on both sides.
 - **Memory.** Each (side, task, precision) runs in a fresh subprocess; its peak RSS is that
   process's ``ru_maxrss``. The sides alternate, round by round.
 
@@ -101,6 +105,24 @@ def _autocast(precision):
         contextlib.nullcontext()
 
 
+def fold_torchvision_norms(model):
+    """Fold the FrozenBatchNorms of torchvision's ResNet into their convolutions (what
+    ``fuse_for_inference`` does to ours; torchvision's blocks call ``bn(conv(x))``, so a folded
+    norm becomes the identity)."""
+    from torchvision.models.resnet import Bottleneck
+
+    from cascade_seg.models.fused_conv import fold_into
+    body = model.backbone.body
+    count = fold_into(body, body.conv1, 'bn1')
+    for block in body.modules():
+        if isinstance(block, Bottleneck):
+            count += sum(fold_into(block, getattr(block, f'conv{i}'), f'bn{i}')
+                         for i in (1, 2, 3))
+            if block.downsample is not None:
+                count += fold_into(block.downsample, block.downsample[0], '1')
+    return count
+
+
 def time_torchvision(args):
     """The torchvision side (run as ``--side torchvision`` in its own process)."""
     torch.set_num_threads(args.threads)
@@ -113,6 +135,10 @@ def time_torchvision(args):
     target = dict(boxes=gt.bboxes, labels=gt.labels + 1, masks=gt.masks.to(torch.uint8))
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=1e-4)
     times, out = [], None
+    folded = 0
+    if args.task == 'inference' and not args.no_fuse:
+        model.eval()
+        folded = fold_torchvision_norms(model)
     for i in range(args.warmup + args.runs):
         t0 = time.perf_counter()
         if args.task == 'inference':
@@ -129,7 +155,7 @@ def time_torchvision(args):
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     result = dict(times_s=[round(t, 4) for t in times], params=sum(
-        p.numel() for p in model.parameters()), precision=args.precision)
+        p.numel() for p in model.parameters()), precision=args.precision, folded_norms=folded)
     if out is not None:
         result['num_dets'] = len(out['boxes'])
         if args.dump_dets:  # torchvision's labels are 1-based COCO category ids
@@ -165,6 +191,8 @@ def side_cmd(side, task, precision, args, weights, out, dets):
     else:
         cmd = [sys.executable, osp.abspath(__file__), '--side', 'torchvision', '--weights',
                weights, '--task', task, '--img-size', str(args.img_size)] + common
+    if args.no_fuse:
+        cmd.append('--no-fuse')
     return cmd + (['--dump-dets', dets] if task == 'inference' else [])
 
 
@@ -209,6 +237,9 @@ def parse_args(argv=None):
                    help='smoke test: 128x128, no warmup, 1 run, 1 round')
     p.add_argument('--work-dir', default=None, help='keep weights, logs and outputs here')
     p.add_argument('--markdown', default=None, help='write the table here')
+    p.add_argument('--no-fuse', action='store_true',
+                   help='inference: keep the BatchNorms on both sides (default: both fold them '
+                        'into the convolutions)')
     # one side in its own process (used by the comparison itself)
     p.add_argument('--side', choices=['torchvision'], help=argparse.SUPPRESS)
     p.add_argument('--weights', help=argparse.SUPPRESS)
@@ -228,7 +259,9 @@ def main(argv=None):
         args.img_size, args.warmup, args.runs, args.rounds = 128, 0, 1, 1
 
     header = side_by_side_header(args.threads, args.img_size, args.warmup, args.runs,
-                                 args.rounds)
+                                 args.rounds) + \
+        ('; inference with the BatchNorms kept on both sides' if args.no_fuse else
+         '; inference with the BatchNorms folded into the convolutions on both sides')
     print(header, flush=True)
     tmp = args.work_dir or tempfile.mkdtemp(prefix='compare_tv_')
     os.makedirs(tmp, exist_ok=True)

@@ -31,7 +31,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     model = init_detector(args.config, args.checkpoint, device=args.device,
-                          cfg_options=args.cfg_options)
+                          cfg_options=args.cfg_options, fuse=True)
     result = inference_detector(model, args.image)
     img = cv2.imread(args.image, cv2.IMREAD_COLOR)
     drawn = draw_det_data_sample(img, result, model.dataset_meta.get('classes'), args.score_thr)

@@ -118,6 +118,9 @@ def main(argv=None):
     p.add_argument('--runs', type=int, default=5)
     p.add_argument('--json', help='write the timings here')
     p.add_argument('--dump-dets', help='inference: save the last run\'s bboxes, scores, labels')
+    p.add_argument('--fuse-conv-bn', action='store_true',
+                   help='inference: fold the BatchNorms into the convolutions first (mmcv\'s '
+                        'fuse_conv_bn, MMDetection\'s --fuse-conv-bn)')
     args = p.parse_args(argv)
 
     warnings.filterwarnings('ignore')
@@ -152,6 +155,10 @@ def main(argv=None):
                   torch=torch.__version__)
     if args.task == 'inference':
         model.eval()
+        if args.fuse_conv_bn:
+            from mmcv.cnn import fuse_conv_bn
+            fuse_conv_bn(model)
+        result['fused_conv_bn'] = bool(args.fuse_conv_bn)
 
         def step(d):
             with _autocast(args.precision):

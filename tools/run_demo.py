@@ -102,7 +102,7 @@ def visualize(summary, data_dir, out_dir, num_vis, device, score_thr=0.3, top_k=
             continue
         cfg = build_variant_config(spec, variants[row['name']])
         with contextlib.redirect_stdout(io.StringIO()):  # mmengine's 'Loads checkpoint by ...'
-            model = init_detector(cfg, ckpt, device=device, strict=True)
+            model = init_detector(cfg, ckpt, device=device, strict=True, fuse=True)
         classes = (model.dataset_meta or {}).get('classes')
         out = visualize_images(lambda p: inference_detector(model, p).pred_instances, images,
                                vis_dir, row['name'], classes, score_thr, top_k, scale)

@@ -14,8 +14,8 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 from cascade_seg.engine.runner_utils import (  # noqa: E402
-    DictAction, add_test_outputs, apply_tta, build_runner, close_distributed, load_config,
-    save_metrics)
+    DictAction, add_custom_hook, add_test_outputs, apply_tta, build_runner, close_distributed,
+    load_config, save_metrics)
 
 
 def parse_args(argv=None):
@@ -45,6 +45,9 @@ def parse_args(argv=None):
                    help="inference precision (default: the config's `precision` key, else fp32)")
     p.add_argument('--amp', action='store_true',
                    help="alias of the device's mixed precision (bf16 on CPU, fp16 on GPU)")
+    p.add_argument('--no-fuse', action='store_true',
+                   help='keep the BatchNorms (default: folded into the convolutions before '
+                        'testing, same predictions, faster on CPU)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                    help='override config keys, e.g. test_dataloader.batch_size=1')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
@@ -62,6 +65,8 @@ def main(argv=None):
     dump_pkl = args.out if args.out and not args.out.endswith('.json') else None
     if args.tta:
         apply_tta(cfg)
+    if not args.no_fuse:
+        add_custom_hook(cfg, dict(type='FuseForInferenceHook'))
     add_test_outputs(cfg, show_dir=args.show_dir, score_thr=args.score_thr, out_pkl=dump_pkl,
                      show=args.show, wait_time=args.wait_time)
     runner = build_runner(cfg, work_dir=args.work_dir, launcher=args.launcher,

@@ -13,6 +13,7 @@ import cascade_seg.datasets.transforms  # noqa: F401  (registers the pipeline tr
 from cascade_seg.datasets.transforms.loading import image_from_array
 from cascade_seg.engine.checkpoint import load_checkpoint
 from cascade_seg.engine.precision import normalize_precision, set_inference_precision
+from cascade_seg.models.fused_conv import fuse_for_inference
 from cascade_seg.registry import MODELS, TRANSFORMS
 
 __all__ = ['LoadImageFromNDArray', 'init_detector', 'inference_detector', 'build_test_pipeline']
@@ -82,7 +83,7 @@ def _strip_pretrained(node):
 
 
 def init_detector(config, checkpoint=None, device='cpu', cfg_options=None, strict=False,
-                  precision=None):
+                  precision=None, fuse=False):
     """Build a detector in eval mode on ``device``.
 
     Weights come from ``checkpoint`` (loaded with ``weights_only=True``; mismatched
@@ -91,7 +92,9 @@ def init_detector(config, checkpoint=None, device='cpu', cfg_options=None, stric
     meta, else the config's dataset, else ``class_0 ..``. ``precision`` (``'fp32'``,
     ``'bf16'``, ``'fp16'`` on CUDA; default: the config's ``precision`` key, else fp32) is the
     autocast ``inference_detector`` runs the model under (engine/precision.py);
-    ``model.inference_precision`` says what runs.
+    ``model.inference_precision`` says what runs. ``fuse=True`` folds the BatchNorms into the
+    convolutions (models/fused_conv.py: the same predictions, faster on CPU; the model is then
+    for inference only and its state dict has the folded layout, so it is off by default).
     """
     from cascade_seg.engine.runner_utils import load_config
 
@@ -118,6 +121,8 @@ def init_detector(config, checkpoint=None, device='cpu', cfg_options=None, stric
     model.cfg = cfg
     model.dataset_meta = meta
     model = model.to(device).eval()
+    if fuse:
+        fuse_for_inference(model)
     requested = normalize_precision(precision) or normalize_precision(cfg.get('precision'))
     set_inference_precision(model, requested, device)
     return model

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import torch
 
+from ..models.fused_conv import fuse_for_inference
+from ..models.tracing import plain_ops
 from .precision import normalize_precision, precision_dtype, set_inference_precision
 
 __all__ = ['synthetic_batch', 'set_score_thr', 'build_benchmark_model', 'benchmark',
@@ -139,7 +141,7 @@ def count_flops(model, data):
     from torch.utils.flop_counter import FlopCounterMode
     model.eval()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with torch.no_grad(), plain_ops(), counter:
         model.test_step(copy.deepcopy(data))
     return int(counter.get_total_flops())
 
@@ -160,7 +162,7 @@ def _optim_wrapper(model, precision, device, lr):
 
 def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, device='cpu',
               warmup=2, runs=5, score_thr=0.0, seed=0, num_boxes=3, flops=True, lr=0.0,
-              precision=None, dets_out=None):
+              precision=None, dets_out=None, fuse=True):
     """Time ``task`` ('inference' or 'train') of the model in ``cfg``; returns a flat dict.
 
     ``img_size`` is an int or (h, w). Inference reports s/img and img/s, training
@@ -171,7 +173,9 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
     process, plus the absolute peak RSS. ``precision`` (default: the config's ``precision``
     key, else fp32) is the autocast of both tasks, as tools/train.py and tools/test.py run them
     (engine/precision.py); the result says what ran. ``dets_out``: inference saves the last
-    run's ``bboxes, scores, labels`` there (``torch.save``).
+    run's ``bboxes, scores, labels`` there (``torch.save``). ``fuse``: inference folds the
+    BatchNorms into the convolutions first (models/fused_conv.py), as the inference API and
+    tools/test.py do.
     """
     if task not in ('inference', 'train'):
         raise ValueError(f"task must be 'inference' or 'train', got {task!r}")
@@ -197,6 +201,7 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
         rss_before = _maxrss_mb()
         if task == 'inference':
             model.eval()
+            result['folded_norms'] = fuse_for_inference(model) if fuse else 0
             with torch.no_grad():
                 times, out = _timed(model.test_step, data, warmup, runs, device)
             pred = out[0].pred_instances

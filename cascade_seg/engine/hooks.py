@@ -1,4 +1,5 @@
-"""Runner hooks: stop on non-finite losses, check num_classes, save drawn predictions."""
+"""Runner hooks: stop on non-finite losses, check num_classes, save drawn predictions, fold
+BatchNorms for a test run."""
 import math
 import os
 import os.path as osp
@@ -11,7 +12,7 @@ from cascade_seg.registry import HOOKS
 from .num_classes import num_classes_mismatches
 
 __all__ = ['non_finite_losses', 'CheckFiniteLossHook', 'num_classes_mismatches',
-           'NumClassesCheckHook', 'SavePredictionImagesHook']
+           'NumClassesCheckHook', 'SavePredictionImagesHook', 'FuseForInferenceHook']
 
 
 def non_finite_losses(log_vars):
@@ -165,3 +166,19 @@ class SavePredictionImagesHook(Hook):
             if not rel.startswith('..') and not osp.isabs(rel):
                 return rel
         return osp.basename(path)
+
+
+@HOOKS.register_module()
+class FuseForInferenceHook(Hook):
+    """Before a test run (after the checkpoint is loaded), fold the model's BatchNorms into its
+    convolutions (models/fused_conv.py): tools/test.py adds it unless ``--no-fuse``. Not for
+    validation during training: the folded model cannot train on."""
+
+    priority = 'LOW'
+
+    def before_test(self, runner):
+        from cascade_seg.models.fused_conv import fuse_for_inference
+        runner.model.eval()
+        folded = fuse_for_inference(runner.model)
+        runner.logger.info(f'fuse_for_inference: {folded} BatchNorms folded into their '
+                           'convolutions')

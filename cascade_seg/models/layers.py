@@ -10,6 +10,9 @@ from torch import nn
 
 from cascade_seg.registry import MODELS
 
+from .fused_conv import conv_norm_act, fold_into
+from .tracing import is_tracing  # noqa: F401 (re-exported)
+
 # Config type -> (attribute abbreviation, factory(num_features, **cfg)).
 _NORMS = {
     'BN': ('bn', lambda c, **kw: nn.BatchNorm2d(c, **kw)),
@@ -40,9 +43,13 @@ class FrozenBatchNorm2d(nn.Module):
         state_dict.pop(prefix + 'num_batches_tracked', None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x):
+    def scale_shift(self):
+        """``(scale, shift)``: the layer is ``x * scale + shift`` per channel."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x):
+        scale, shift = self.scale_shift()
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
 
     def extra_repr(self):
@@ -65,13 +72,6 @@ class FrozenBatchNorm2d(nn.Module):
             if new is not child:
                 setattr(module, name, new)
         return module
-
-
-def is_tracing():
-    """Traced, exported or compiled: take the plain ops (no threads, no custom autograd
-    functions, which have no ONNX form)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or \
-        torch.compiler.is_compiling()
 
 
 def build_norm_layer(cfg, num_features, postfix=''):
@@ -166,13 +166,18 @@ class ConvModule(nn.Module):
             nn.init.ones_(norm.weight)
             nn.init.zeros_(norm.bias)
 
-    def forward(self, x):
-        x = self.conv(x)
-        if self.norm_name is not None:
-            x = getattr(self, self.norm_name)(x)
-        if self.with_activation:
-            x = self.activate(x)
-        return x
+    def fold_norms(self):
+        """Fold a BatchNorm into the conv (fused_conv.fuse_for_inference)."""
+        return fold_into(self, self.conv, self.norm_name) if self.norm_name else 0
+
+    def forward(self, x, residual=None):
+        """``act(norm(conv(x))) [+ residual]``; at CPU inference one oneDNN call when the norm
+        is absent or folded and the activation a ReLU (with a residual: no activation), see
+        fused_conv.py."""
+        act = self.activate if self.with_activation else None
+        if residual is not None and act is not None:
+            return conv_norm_act(x, self.conv, self.norm, act) + residual
+        return conv_norm_act(x, self.conv, self.norm, act, residual)
 
 
 @MODELS.register_module()

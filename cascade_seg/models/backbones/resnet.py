@@ -5,6 +5,7 @@ from torch import nn
 
 from cascade_seg.registry import MODELS
 
+from ..fused_conv import conv_norm_act, fold_into
 from ..layers import build_norm_layer, build_plugin
 from .base import StagedBackbone, load_local_state_dict  # noqa: F401 (re-exported)
 
@@ -45,13 +46,26 @@ class _Block(nn.Module):
             x = getattr(self, name)(x)
         return x
 
+    def _last(self, out, conv, norm, position, identity):
+        """``relu(norm(conv(out)) + identity)``: one oneDNN call at CPU inference once the norm
+        is folded (fused_conv.py), unless a plugin sits between the norm and the sum."""
+        if self.plugin_names[position]:
+            return self.relu(self._plugins(norm(conv(out)), position) + identity)
+        return conv_norm_act(out, conv, norm, self.relu, residual=identity)
+
+    def fold_norms(self):
+        """Fold the BatchNorms into their convs (fused_conv.fuse_for_inference)."""
+        pairs = [(self, getattr(self, f'conv{i}'), f'bn{i}') for i in (1, 2, 3)
+                 if hasattr(self, f'bn{i}')]
+        if self.downsample is not None:
+            pairs.append((self.downsample, self.downsample[0], '1'))
+        return sum(fold_into(*pair) for pair in pairs)
+
     def forward(self, x):
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._residual, x, identity, use_reentrant=False)
+        return self._residual(x, identity)
 
 
 class BasicBlock(_Block):
@@ -68,9 +82,9 @@ class BasicBlock(_Block):
         self.downsample, self.with_cp = downsample, with_cp
         self._make_plugins(plugins, {'after_conv1': planes, 'after_conv2': planes})
 
-    def _residual(self, x):
-        out = self._plugins(self.relu(self.bn1(self.conv1(x))), 'after_conv1')
-        return self._plugins(self.bn2(self.conv2(out)), 'after_conv2')
+    def _residual(self, x, identity):
+        out = self._plugins(conv_norm_act(x, self.conv1, self.bn1, self.relu), 'after_conv1')
+        return self._last(out, self.conv2, self.bn2, 'after_conv2', identity)
 
 
 class Bottleneck(_Block):
@@ -94,10 +108,10 @@ class Bottleneck(_Block):
         self._make_plugins(plugins, {'after_conv1': planes, 'after_conv2': planes,
                                      'after_conv3': planes * self.expansion})
 
-    def _residual(self, x):
-        out = self._plugins(self.relu(self.bn1(self.conv1(x))), 'after_conv1')
-        out = self._plugins(self.relu(self.bn2(self.conv2(out))), 'after_conv2')
-        return self._plugins(self.bn3(self.conv3(out)), 'after_conv3')
+    def _residual(self, x, identity):
+        out = self._plugins(conv_norm_act(x, self.conv1, self.bn1, self.relu), 'after_conv1')
+        out = self._plugins(conv_norm_act(out, self.conv2, self.bn2, self.relu), 'after_conv2')
+        return self._last(out, self.conv3, self.bn3, 'after_conv3', identity)
 
 
 def make_res_layer(block, inplanes, planes, num_blocks, stride=1, dilation=1, style='pytorch',
@@ -219,8 +233,12 @@ class ResNet(StagedBackbone):
         stem = [] if self.frozen_stages < 0 else [self.conv1, self.bn1]
         return stem + [getattr(self, f'layer{i}') for i in range(1, self.frozen_stages + 1)]
 
+    def fold_norms(self):
+        """Fold the stem's BatchNorm into its conv (the blocks fold their own)."""
+        return fold_into(self, self.conv1, 'bn1')
+
     def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(conv_norm_act(x, self.conv1, self.bn1, self.relu))
         outs = []
         for i, name in enumerate(self.res_layers):
             x = getattr(self, name)(x)

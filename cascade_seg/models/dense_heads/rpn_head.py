@@ -2,7 +2,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 from mmengine.structures import InstanceData
 from torch import nn
 from torchvision.ops import batched_nms
@@ -11,6 +10,7 @@ from cascade_seg.registry import MODELS, TASK_UTILS
 
 from cascade_seg.engine.precision import float32_call
 
+from ..fused_conv import conv2d
 from ..layers import ConvModule
 
 DEFAULT_TEST_CFG = dict(nms_pre=1000, max_per_img=1000, nms=dict(type='nms', iou_threshold=0.7),
@@ -151,9 +151,7 @@ class RPNHead(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward_single(self, x):
-        x = self.rpn_conv(x)
-        if self.num_convs == 1:
-            x = F.relu(x)
+        x = conv2d(x, self.rpn_conv, relu=True) if self.num_convs == 1 else self.rpn_conv(x)
         # 1x1 predictors in float32 under autocast: bfloat16 objectness logits tie by the
         # hundreds, and which of them the top-k keeps would then be arbitrary
         return float32_call(lambda h: (self.rpn_cls(h), self.rpn_reg(h)), x)

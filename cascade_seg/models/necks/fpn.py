@@ -72,10 +72,10 @@ class FPN(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def _upsample_add(self, coarse, fine):
+    def _upsample(self, coarse, size):
         if 'scale_factor' in self.upsample_cfg:
-            return fine + F.interpolate(coarse, **self.upsample_cfg)
-        return fine + F.interpolate(coarse, size=fine.shape[-2:], **self.upsample_cfg)
+            return F.interpolate(coarse, **self.upsample_cfg)
+        return F.interpolate(coarse, size=size, **self.upsample_cfg)
 
     def forward(self, inputs):
         laterals, outs = self._top_down(inputs)
@@ -86,9 +86,14 @@ class FPN(nn.Module):
         if len(inputs) != self.num_ins:
             raise ValueError(f'{type(self).__name__} expects {self.num_ins} inputs, '
                              f'got {len(inputs)}')
-        laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
-        for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = self._upsample_add(laterals[i], laterals[i - 1])
+        # Coarse to fine, each lateral conv adding the upsampled coarser lateral to its output
+        # (in the conv's oneDNN call at CPU inference, see fused_conv.py).
+        levels = inputs[self.start_level:self.backbone_end_level]
+        laterals = [None] * len(levels)
+        laterals[-1] = self.lateral_convs[-1](levels[-1])
+        for i in range(len(levels) - 1, 0, -1):
+            laterals[i - 1] = self.lateral_convs[i - 1](
+                levels[i - 1], residual=self._upsample(laterals[i], levels[i - 1].shape[-2:]))
         outs = [self.fpn_convs[i](laterals[i]) for i in range(len(laterals))]
         return laterals, outs
 

@@ -86,11 +86,7 @@ class FFMaskHead(AFPFCNMaskHead):
         feat = x
         if not return_logits:
             return feat
-        if self.upsample is not None:
-            x = self.upsample(x)
-            if self.upsample_method == 'deconv':
-                x = F.relu(x, inplace=True)  # as FCNMaskHead
-        logits = self.conv_logits(x)
+        logits = self.conv_logits(self._upsampled(x))
         logits = logits + self.fused_fc(branch_in).to(logits.dtype)
         return (logits, feat) if return_feat else logits
 

@@ -13,6 +13,7 @@ from torch import nn
 from cascade_seg.registry import MODELS
 
 from ..fast_linear import Linear
+from ..fused_conv import conv_transpose2d
 from ..layers import ConvModule, cpu_conv_layout
 from ..losses import mask_softmax_loss
 
@@ -125,14 +126,17 @@ class FCNMaskHead(_MaskPredictor):
         feat = x
         if not return_logits:
             return feat
-        if self.upsample is not None:
-            x = self.upsample(x)
-            if self.upsample_method == 'deconv':
-                # in place: the deconvolution's backward does not need its output, and a new
-                # P x 256 x 28 x 28 map (80 MB for 100 RoIs) costs its page faults
-                x = F.relu(x, inplace=True)
-        logits = self.conv_logits(x)
+        logits = self.conv_logits(self._upsampled(x))
         return (logits, feat) if return_feat else logits
+
+    def _upsampled(self, x):
+        """The 2x upsampling (a deconvolution is followed by a ReLU)."""
+        if self.upsample_method == 'deconv':
+            # in place, or fused into the deconvolution at inference (fused_conv.py): the
+            # deconvolution's backward does not need its output, and a second
+            # P x 256 x 28 x 28 map (80 MB for 100 RoIs) costs its page faults
+            return conv_transpose2d(x, self.upsample, relu=True)
+        return x if self.upsample is None else self.upsample(x)
 
 
 @MODELS.register_module()

@@ -1,6 +1,5 @@
 """CenterMask's spatial attention-guided mask head (SAG-Mask, arXiv 1911.06667 sec. 3.3)."""
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cascade_seg.registry import MODELS
@@ -47,9 +46,5 @@ class SAGMaskHead(FCNMaskHead):
         feat = x = self.spatial_attention(x)
         if not return_logits:
             return feat
-        if self.upsample is not None:
-            x = self.upsample(x)
-            if self.upsample_method == 'deconv':
-                x = F.relu(x, inplace=True)  # as FCNMaskHead
-        logits = self.conv_logits(x)
+        logits = self.conv_logits(self._upsampled(x))
         return (logits, feat) if return_feat else logits
