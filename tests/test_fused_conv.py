@@ -179,3 +179,25 @@ def test_fused_model_refuses_to_train():
         model(torch.randn(1, 3, 32, 32))
     assert all(isinstance(m, FoldedNorm) for m in model.modules()
                if 'Norm' in type(m).__name__)
+
+
+@pytest.mark.parametrize('kind', ['mask', 'htc'])
+def test_fused_detector_predicts_what_the_unfused_one_does(kind):
+    from test_detector import batch, build
+    model = build(kind, backbone=dict(norm_eval=True)).eval()
+    gen = torch.Generator().manual_seed(3)
+    for m in model.modules():          # statistics that make the fold change the weights
+        if isinstance(m, nn.BatchNorm2d):
+            m.load_state_dict(_random_bn(m.num_features, gen).state_dict())
+    inputs, samples = batch()
+    with torch.no_grad():
+        expected = model.predict(inputs, samples)
+        assert fuse_for_inference(model) > 0
+        got = model.predict(inputs, samples)
+    for e, g in zip(expected, got):
+        e, g = e.pred_instances, g.pred_instances
+        assert len(e) == len(g) > 0
+        torch.testing.assert_close(g.bboxes, e.bboxes, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(g.scores, e.scores, rtol=1e-4, atol=1e-5)
+        assert torch.equal(g.labels, e.labels)
+        assert (g.masks != e.masks).float().mean() < 1e-3
