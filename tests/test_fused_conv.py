@@ -201,3 +201,15 @@ def test_fused_detector_predicts_what_the_unfused_one_does(kind):
         torch.testing.assert_close(g.scores, e.scores, rtol=1e-4, atol=1e-5)
         assert torch.equal(g.labels, e.labels)
         assert (g.masks != e.masks).float().mean() < 1e-3
+
+
+def test_stem_max_pool_equals_max_pool2d():
+    from cascade_seg.models.backbones.resnet import stem_max_pool
+    pool = nn.MaxPool2d(3, 2, 1)
+    for shape in [(1, 8, 64, 64), (2, 8, 63, 41), (1, 4, 7, 8), (1, 2, 2, 3)]:
+        x = torch.randn(shape)
+        x[0, 0, 0, :2] = float('nan')
+        assert torch.equal(stem_max_pool(pool, x).nan_to_num(7.), pool(x).nan_to_num(7.))
+    x = torch.randn(1, 4, 16, 16, requires_grad=True)
+    out = stem_max_pool(pool, x)                    # with a gradient: the plain op
+    assert out.grad_fn is not None and 'MaxPool' in type(out.grad_fn).__name__

@@ -86,6 +86,26 @@ def test_inference_pools_straight_into_the_output_on_threads():
         torch.testing.assert_close(out[rows], expected)
 
 
+def test_training_gradients_equal_pooling_each_roi_on_its_level():
+    ext = MODELS.build(dict(type='SingleRoIExtractor', out_channels=3, featmap_strides=STRIDES,
+                            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2)))
+    feats = [f.requires_grad_() for f in _feats()]
+    ref_feats = [f.detach().clone().requires_grad_() for f in feats]
+    rois = torch.tensor([[0, 3., 4., 40., 30.], [1, 10., 5., 150., 120.],
+                         [0, 0., 0., 96., 128.], [1, 0., 0., 300., 400.],
+                         [0, 5., 5., 250., 260.]])
+    weight = torch.randn(len(rois), 3, 7, 7)
+    (ext(feats, rois) * weight).sum().backward()
+    levels = map_roi_levels(rois, 4)
+    ref = sum((roi_align(ref_feats[lvl], rois[i:i + 1], 7, spatial_scale=1 / STRIDES[lvl],
+                         sampling_ratio=2, aligned=True) * weight[i:i + 1]).sum()
+              for i, lvl in enumerate(levels.tolist()))
+    ref.backward()
+    for f, r in zip(feats, ref_feats):
+        torch.testing.assert_close(f.grad, r.grad if r.grad is not None else
+                                   torch.zeros_like(f), rtol=1e-5, atol=1e-6)
+
+
 def test_roi_pool_path_and_tuple_output_size():
     ext = SingleRoIExtractor(dict(type='RoIPool', output_size=(3, 5)), 3, STRIDES)
     feats = _feats()

@@ -1,5 +1,7 @@
 """ResNet backbone (torchvision parameter names) with frozen stages, norm_eval and plugins."""
 
+import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
@@ -7,6 +9,7 @@ from cascade_seg.registry import MODELS
 
 from ..fused_conv import conv_norm_act, fold_into
 from ..layers import build_norm_layer, build_plugin
+from ..tracing import is_tracing
 from .base import StagedBackbone, load_local_state_dict  # noqa: F401 (re-exported)
 
 PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
@@ -112,6 +115,25 @@ class Bottleneck(_Block):
         out = self._plugins(conv_norm_act(x, self.conv1, self.bn1, self.relu), 'after_conv1')
         out = self._plugins(conv_norm_act(out, self.conv2, self.bn2, self.relu), 'after_conv2')
         return self._last(out, self.conv3, self.bn3, 'after_conv3', identity)
+
+
+def stem_max_pool(pool, x):
+    """``pool(x)`` for the stem's 3x3 stride-2 max pool. PyTorch's CPU kernel for an NCHW map is
+    slow (64 x 256 x 256: 12 ms on two Zen 5 cores, 0.7 ms channels-last); where no gradient
+    is needed (a frozen stem in training), two separable passes of ``torch.maximum`` give the
+    same values in ~2.4 ms."""
+    plain = (x.requires_grad and torch.is_grad_enabled()) or x.device.type != 'cpu' or \
+        not x.is_contiguous() or x.dim() != 4 or is_tracing() or \
+        (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode) != \
+        (3, 2, 1, 1, False)
+    if plain:
+        return pool(x)
+    x = F.pad(x, (1, 1, 1, 1), value=float('-inf'))
+    oh, ow = (x.shape[-2] - 3) // 2 + 1, (x.shape[-1] - 3) // 2 + 1
+    cols = torch.maximum(x[..., 0:2 * ow - 1:2], x[..., 1:2 * ow:2])
+    torch.maximum(cols, x[..., 2:2 * ow + 1:2], out=cols)
+    out = torch.maximum(cols[..., 0:2 * oh - 1:2, :], cols[..., 1:2 * oh:2, :])
+    return torch.maximum(out, cols[..., 2:2 * oh + 1:2, :], out=out)
 
 
 def make_res_layer(block, inplanes, planes, num_blocks, stride=1, dilation=1, style='pytorch',
@@ -238,7 +260,7 @@ class ResNet(StagedBackbone):
         return fold_into(self, self.conv1, 'bn1')
 
     def forward(self, x):
-        x = self.maxpool(conv_norm_act(x, self.conv1, self.bn1, self.relu))
+        x = stem_max_pool(self.maxpool, conv_norm_act(x, self.conv1, self.bn1, self.relu))
         outs = []
         for i, name in enumerate(self.res_layers):
             x = getattr(self, name)(x)
