@@ -54,19 +54,25 @@ class _RowScatter(torch.autograd.Function):
     """``out[rows[i]] = parts[i]`` for every part (the rows cover the output); the backward
     gathers each part's rows of the gradient. Through autograd's ``index_put_``, every level
     after the first would clone the whole output's gradient and zero its rows (Mask R-CNN: 3
-    clones of 512 x 256 x 7 x 7 per step)."""
+    clones of 512 x 256 x 7 x 7 per step). ``extra`` inputs (levels without RoIs) get a zero
+    gradient, which keeps them in the autograd graph (DDP without find_unused_parameters)
+    without an in-place op on a slice of the output (whose backward clones it again)."""
 
     @staticmethod
-    def forward(ctx, shape, rows, *parts):
-        out = parts[0].new_empty(shape)
-        for inds, part in zip(rows, parts):
+    def forward(ctx, shape, rows, num_parts, *tensors):
+        out = tensors[0].new_empty(shape)
+        for inds, part in zip(rows, tensors[:num_parts]):
             out[inds] = part
         ctx.rows = rows
+        ctx.extra = [(t.shape, t.dtype, t.device) for t in tensors[num_parts:]]
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        return (None, None) + tuple(grad.index_select(0, inds) for inds in ctx.rows)
+        parts = tuple(grad.index_select(0, inds) for inds in ctx.rows)
+        extra = tuple(torch.zeros(shape, dtype=dtype, device=device)
+                      for shape, dtype, device in ctx.extra)
+        return (None, None, None) + parts + extra
 
 
 @MODELS.register_module()
@@ -166,7 +172,7 @@ class SingleRoIExtractor(nn.Module):
         for lvl, feat in enumerate(feats):
             inds = torch.nonzero(target_lvls == lvl, as_tuple=True)[0]
             if inds.numel() == 0:
-                if self.training:
+                if with_grad and feat.requires_grad:
                     unused.append(feat)
                 continue
             level_rois = rois[inds]
@@ -181,13 +187,8 @@ class SingleRoIExtractor(nn.Module):
             rows.append(inds)
             parts.append(pooled.to(ref.dtype))
         if out is None:
-            out = _RowScatter.apply(shape, tuple(rows), *parts) if parts else \
-                ref.new_zeros(shape)
-        else:
-            for inds, pooled in zip(rows, parts):
-                out[inds] = pooled
-        if unused:
-            # Keep every level in the autograd graph (DDP without find_unused_parameters),
-            # through one element rather than a copy of the whole output.
-            out[:1, :1, :1, :1] += sum(feat.sum() for feat in unused) * 0.
+            # levels without RoIs stay in the autograd graph through a zero gradient
+            return _RowScatter.apply(shape, tuple(rows), len(parts), *parts, *unused)
+        for inds, pooled in zip(rows, parts):
+            out[inds] = pooled
         return out
