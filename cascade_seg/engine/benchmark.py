@@ -174,8 +174,8 @@ def benchmark(cfg, task='inference', checkpoint=None, img_size=512, threads=2, d
     key, else fp32) is the autocast of both tasks, as tools/train.py and tools/test.py run them
     (engine/precision.py); the result says what ran. ``dets_out``: inference saves the last
     run's ``bboxes, scores, labels`` there (``torch.save``). ``fuse``: inference folds the
-    BatchNorms into the convolutions first (models/fused_conv.py), as the inference API and
-    tools/test.py do.
+    BatchNorms into the convolutions first (models/fused_conv.py), as tools/test.py and the
+    demos do.
     """
     if task not in ('inference', 'train'):
         raise ValueError(f"task must be 'inference' or 'train', got {task!r}")

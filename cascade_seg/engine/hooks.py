@@ -7,6 +7,7 @@ import os.path as osp
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from cascade_seg.models.fused_conv import fuse_for_inference
 from cascade_seg.registry import HOOKS
 
 from .num_classes import num_classes_mismatches
@@ -177,7 +178,6 @@ class FuseForInferenceHook(Hook):
     priority = 'LOW'
 
     def before_test(self, runner):
-        from cascade_seg.models.fused_conv import fuse_for_inference
         runner.model.eval()
         folded = fuse_for_inference(runner.model)
         runner.logger.info(f'fuse_for_inference: {folded} BatchNorms folded into their '

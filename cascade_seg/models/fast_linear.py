@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import is_tracing
+from .tracing import has_onednn_ops, is_tracing
 
 __all__ = ['Linear', 'linear', 'onednn_linear_enabled']
 
@@ -29,15 +29,7 @@ def _gemm(x, weight, bias=None):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
 
 
-def _has_op():
-    try:
-        return torch.backends.mkldnn.is_available() and \
-            hasattr(torch.ops.mkldnn, '_linear_pointwise')
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_HAS_OP = _has_op()
+_HAS_OP = has_onednn_ops('_linear_pointwise')
 
 
 def onednn_linear_enabled():

@@ -27,22 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tracing import is_tracing
+from .tracing import has_onednn_ops, is_tracing
 
 __all__ = ['FoldedNorm', 'fold_norm', 'fold_into', 'fuse_for_inference', 'conv2d',
            'conv_transpose2d', 'conv_norm_act', 'onednn_fusion_enabled']
 
 
-def _has_ops():
-    try:
-        return torch.backends.mkldnn.is_available() and \
-            hasattr(torch.ops.mkldnn, '_convolution_pointwise') and \
-            hasattr(torch.ops.mkldnn, '_convolution_transpose_pointwise')
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_HAS_OPS = _has_ops()
+_HAS_OPS = has_onednn_ops('_convolution_pointwise', '_convolution_transpose_pointwise')
 
 
 def onednn_fusion_enabled():
@@ -74,23 +65,21 @@ def _scale_shift(norm):
     running statistics)."""
     if hasattr(norm, 'scale_shift'):               # our FrozenBatchNorm2d
         return norm.scale_shift()
-    if not isinstance(norm, nn.modules.batchnorm._NormBase) and all(
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        if norm.training or not norm.track_running_stats or norm.running_mean is None:
+            return None
+    elif isinstance(norm, nn.modules.batchnorm._NormBase) or not all(
             isinstance(getattr(norm, a, None), torch.Tensor)
-            for a in ('weight', 'bias', 'running_mean', 'running_var')) and \
-            hasattr(norm, 'eps'):                  # torchvision's FrozenBatchNorm2d
-        scale = norm.weight.double() * (norm.running_var.double() + norm.eps).rsqrt()
-        return scale, norm.bias.double() - norm.running_mean.double() * scale
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training \
-            and norm.track_running_stats and norm.running_mean is not None:
-        var, mean = norm.running_var.double(), norm.running_mean.double()
-        scale = (var + norm.eps).rsqrt()
-        if norm.affine:
-            scale = scale * norm.weight.double()
-        shift = -mean * scale
-        if norm.affine:
-            shift = shift + norm.bias.double()
-        return scale, shift
-    return None
+            for a in ('weight', 'bias', 'running_mean', 'running_var')) or \
+            not hasattr(norm, 'eps'):              # not torchvision's FrozenBatchNorm2d either
+        return None
+    scale = (norm.running_var.double() + norm.eps).rsqrt()
+    if norm.weight is not None:                    # None: a BatchNorm with affine=False
+        scale = scale * norm.weight.double()
+    shift = -norm.running_mean.double() * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.double()
+    return scale, shift
 
 
 @torch.no_grad()
@@ -105,12 +94,11 @@ def fold_norm(conv, norm):
     scale, shift = (t.double() for t in ss)
     weight = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
     conv.weight.copy_(weight.to(conv.weight.dtype))
-    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
     if conv.bias is None:
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype),
+        conv.bias = nn.Parameter(shift.to(conv.weight.dtype),
                                  requires_grad=conv.weight.requires_grad)
     else:
-        conv.bias.copy_(bias.to(conv.bias.dtype))
+        conv.bias.copy_((conv.bias.double() * scale + shift).to(conv.bias.dtype))
     return True
 
 

@@ -11,7 +11,6 @@ from torch import nn
 from cascade_seg.registry import MODELS
 
 from .fused_conv import conv_norm_act, fold_into
-from .tracing import is_tracing  # noqa: F401 (re-exported)
 
 # Config type -> (attribute abbreviation, factory(num_features, **cfg)).
 _NORMS = {

@@ -1,10 +1,11 @@
 """Whether the model is being traced, exported, compiled or FLOP-counted: then the plain ops
-run (no threads, no custom autograd functions, no oneDNN-only kernels)."""
+run (no threads, no custom autograd functions, no oneDNN-only kernels); and whether this torch
+has the oneDNN kernels a speed path needs."""
 import contextlib
 
 import torch
 
-__all__ = ['is_tracing', 'plain_ops']
+__all__ = ['is_tracing', 'plain_ops', 'has_onednn_ops']
 
 _plain_depth = 0
 
@@ -28,3 +29,13 @@ def is_tracing():
     form)."""
     return bool(_plain_depth) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or \
         torch.compiler.is_compiling()
+
+
+def has_onednn_ops(*names):
+    """Whether this torch is built with oneDNN and has the ``torch.ops.mkldnn`` ops ``names``
+    (the fused kernels of fast_linear.py and fused_conv.py)."""
+    try:
+        return torch.backends.mkldnn.is_available() and \
+            all(hasattr(torch.ops.mkldnn, name) for name in names)
+    except (AttributeError, RuntimeError):
+        return False

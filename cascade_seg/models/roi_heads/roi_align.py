@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
-from ..layers import is_tracing
+from ..tracing import is_tracing
 
 __all__ = ['roi_align', 'roi_align_separable', 'roi_align_window_mean', 'axis_weights',
            'roi_align_forward_threads', 'roi_align_backward_windows', 'WindowPlan']
@@ -417,39 +417,36 @@ def roi_align_separable(feat, rois, output_size, spatial_scale=1.0, sampling_rat
                                        float(spatial_scale), int(sampling_ratio), bool(aligned))
 
 
-def roi_align_into(out, rows, feat, rois, output_size, spatial_scale=1.0, sampling_ratio=0,
-                   aligned=True):
-    """``out[rows] = roi_align(feat, rois, ...)``; at CPU inference each thread's chunk goes
-    straight to its rows of ``out`` (no per-level map allocated, filled and copied again)."""
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    if (feat.requires_grad and torch.is_grad_enabled()) or feat.is_cuda or is_tracing() or \
-            out.dtype != _float(feat).dtype:
-        out[rows] = roi_align(feat, rois, output_size, spatial_scale, sampling_ratio,
-                              aligned).to(out.dtype)
-        return out
-    feat = _float(feat)
-    with torch.autocast(device_type='cpu', enabled=False):
-        return roi_align_forward_threads(feat, rois.to(feat.dtype), tuple(output_size),
-                                         float(spatial_scale), int(sampling_ratio),
-                                         bool(aligned), out=out, rows=rows)
-
-
-def roi_align(feat, rois, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True):
+def roi_align(feat, rois, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True,
+              out=None, rows=None):
     """RoIAlign in float32 (an autocast-free island; lower-precision inputs are converted,
     float64 stays float64): on CPU torchvision's forward over all threads, with the windowed
-    separable backward when a gradient is needed; on GPU torchvision's op."""
+    separable backward when a gradient is needed; on GPU torchvision's op.
+
+    With ``out`` and ``rows``: ``out[rows] =`` the pooled features, and ``out`` is returned; at
+    CPU inference each thread's chunk goes straight to its rows (a multi-level extractor's
+    output, without a per-level map allocated, filled and copied again)."""
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
     if feat.requires_grad and torch.is_grad_enabled() and not feat.is_cuda and not is_tracing():
-        return roi_align_separable(feat, rois, output_size, spatial_scale, sampling_ratio,
-                                   aligned)
-    feat = _float(feat)
-    rois = rois.to(feat.dtype)
-    if feat.is_cuda:
-        with torch.autocast(device_type='cuda', enabled=False):
-            return tv_roi_align(feat, rois, output_size, spatial_scale, sampling_ratio, aligned)
-    with torch.autocast(device_type='cpu', enabled=False):
-        return roi_align_forward_threads(feat, rois, tuple(output_size),
-                                         float(spatial_scale), int(sampling_ratio),
-                                         bool(aligned))
+        pooled = roi_align_separable(feat, rois, output_size, spatial_scale, sampling_ratio,
+                                     aligned)
+    else:
+        feat = _float(feat)
+        rois = rois.to(feat.dtype)
+        if feat.is_cuda:
+            with torch.autocast(device_type='cuda', enabled=False):
+                pooled = tv_roi_align(feat, rois, output_size, spatial_scale, sampling_ratio,
+                                      aligned)
+        else:
+            direct = out is not None and out.dtype == feat.dtype
+            with torch.autocast(device_type='cpu', enabled=False):
+                pooled = roi_align_forward_threads(
+                    feat, rois, tuple(output_size), float(spatial_scale), int(sampling_ratio),
+                    bool(aligned), out=out if direct else None, rows=rows if direct else None)
+            if direct:
+                return pooled
+    if out is None:
+        return pooled
+    out[rows] = pooled.to(out.dtype)
+    return out

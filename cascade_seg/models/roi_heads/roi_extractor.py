@@ -6,9 +6,9 @@ from torchvision.ops import RoIPool
 
 from cascade_seg.registry import MODELS
 
-from ..layers import is_tracing
+from ..tracing import is_tracing
 from .level_mapping import build_level_mapping
-from .roi_align import roi_align, roi_align_into, roi_align_window_mean
+from .roi_align import roi_align, roi_align_window_mean
 
 
 def map_roi_levels(rois, num_levels, finest_scale=56, mode='mmdet', finest_stride=4):
@@ -42,8 +42,8 @@ class RoIAlign(nn.Module):
 
     def forward_into(self, out, rows, feat, rois):
         """``out[rows] = self(feat, rois)``, at CPU inference without the intermediate map."""
-        return roi_align_into(out, rows, feat, rois, self.output_size, self.spatial_scale,
-                              self.sampling_ratio, self.aligned)
+        return roi_align(feat, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
+                         self.aligned, out=out, rows=rows)
 
     def extra_repr(self):
         return (f'output_size={self.output_size}, spatial_scale={self.spatial_scale}, '
